@@ -1,0 +1,111 @@
+import csv
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import TISSUE_TILES, shared_file, write_reference_slide
+from wsi.cli import main
+from wsi.testing import write_slide
+
+
+def _manifest(out):
+    with open(out / "manifest.csv", newline="") as f:
+        return {row["slide_id"]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture
+def archive(tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    write_reference_slide(d / "good40.tiff", 0.25)
+    write_reference_slide(d / "good20.svs", 0.5, flavour="svs")
+    write_reference_slide(d / "nompp.tiff", 0.25, write_mpp=False)
+    write_slide(d / "blank.tiff", width=1024, height=1024, mpp=0.5)
+    (d / "empty.svs").write_bytes(b"")
+    (d / "text.svs").write_text("hello\n")
+    (d / "folder.svs").mkdir()
+    return d
+
+
+def test_tile_archive_with_bad_slides(archive, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["tile", str(archive), str(tmp_path / "missing.svs"), "--out", str(out), "--quiet"])
+    assert code == 1
+    rows = _manifest(out)
+    status = {k: v["status"] for k, v in rows.items()}
+    assert status == {
+        "good40": "ok", "good20": "ok", "blank": "no_tissue", "nompp": "failed",
+        "empty": "failed", "text": "failed", "folder": "failed", "missing": "failed",
+    }
+    assert int(rows["good40"]["n_tiles"]) == int(rows["good20"]["n_tiles"]) == TISSUE_TILES
+    assert rows["good40"]["mpp"] == "0.25" and rows["good40"]["mpp_source"] == "openslide"
+    assert "--slide-mpp" in rows["nompp"]["error"]
+    assert "empty file" in rows["empty"]["error"]
+    assert "directory" in rows["folder"]["error"]
+    err = capsys.readouterr()
+    assert "Traceback" not in err.out + err.err
+    failed_lines = [ln for ln in err.out.splitlines() if ": failed: " in ln]
+    assert len(failed_lines) == 5
+    with h5py.File(out / "patches" / "good40.h5") as f:
+        assert f["coords"].shape == (TISSUE_TILES, 2)
+        assert f["coords"].attrs["target_mpp"] == 0.5
+        prov = json.loads(f.attrs["provenance"])
+        assert prov["tiling"]["size"] == 224 and len(prov["slide_quickhash"]) == 64
+    with h5py.File(out / "patches" / "blank.h5") as f:
+        assert f["coords"].shape == (0, 2)
+    qc = Image.open(out / "qc" / "good40.png")
+    assert qc.size[0] >= 128
+    geo = json.loads((out / "qc" / "good40.geojson").read_text())
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 1
+    xs = [p[0] for p in geo["features"][0]["geometry"]["coordinates"][0]]
+    assert min(xs) == pytest.approx(896, abs=40) and max(xs) == pytest.approx(2688, abs=40)
+
+
+def test_slide_mpp_rescues_a_slide_without_metadata(archive, tmp_path):
+    out = tmp_path / "out"
+    code = main(["tile", str(archive / "nompp.tiff"), "--out", str(out), "--slide-mpp", "0.25", "--quiet"])
+    assert code == 0
+    row = _manifest(out)["nompp"]
+    assert (row["status"], row["n_tiles"], row["mpp_source"]) == ("ok", str(TISSUE_TILES), "argument")
+
+
+def test_rerun_keeps_other_rows(archive, tmp_path):
+    out = tmp_path / "out"
+    main(["tile", str(archive / "good40.tiff"), "--out", str(out), "--quiet"])
+    main(["tile", str(archive / "good20.svs"), "--out", str(out), "--quiet"])
+    assert set(_manifest(out)) == {"good40", "good20"}
+
+
+@pytest.mark.parametrize("flag", [["--mpp", "0"], ["--size", "0"], ["--min-tissue", "2"]])
+def test_usage_errors_exit_2(archive, tmp_path, flag, capsys):
+    code = main(["tile", str(archive / "good40.tiff"), "--out", str(tmp_path / "o"), *flag])
+    assert code == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_console_script_and_debug(archive, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "wsi.cli", "tile", str(archive / "text.svs"), "--out", str(out)]
+    quiet = subprocess.run(cmd + ["--quiet"], capture_output=True, text=True)
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr + quiet.stdout
+    debug = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], capture_output=True, text=True)
+    assert debug.returncode == 1 and "Traceback" in debug.stdout + debug.stderr
+
+
+def test_real_tcga_slide_end_to_end(tmp_path):
+    svs = shared_file("small_real_wsis/tcga-cr-7395-01a-01-ts1.svs")
+    out = tmp_path / "out"
+    assert main(["tile", str(svs), "--out", str(out), "--quiet"]) == 1
+    assert "no mpp in metadata" in _manifest(out)["tcga-cr-7395-01a-01-ts1"]["error"]
+    assert main(["tile", str(svs), "--out", str(out), "--slide-mpp", "0.25", "--quiet"]) == 0
+    row = _manifest(out)["tcga-cr-7395-01a-01-ts1"]
+    assert row["status"] == "ok" and int(row["n_tiles"]) > 20
+    with h5py.File(out / "patches" / "tcga-cr-7395-01a-01-ts1.h5") as f:
+        assert f["coords"].attrs["patch_level"] == 1
+        assert np.all(f["coords"][:, 0] >= 0)

@@ -1,0 +1,167 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+import wsi
+from tests import tiny_encoders
+from tests.conftest import TISSUE_TILES, write_reference_slide
+from wsi.cli import main
+from wsi.embed import embed, embed_archive
+from wsi.patching import TileOptions
+from wsi.testing import write_slide
+
+tiny_encoders.register()
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _manifest(out):
+    with open(out / "manifest.csv", newline="") as f:
+        return {row["slide_id"]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture
+def archive(tmp_path):
+    d = tmp_path / "slides"
+    d.mkdir()
+    write_reference_slide(d / "a.tiff", 0.25, texture=12.0)
+    write_reference_slide(d / "b.svs", 0.5, flavour="svs", texture=12.0)
+    write_reference_slide(d / "c.tiff", 0.5, texture=12.0)
+    return d
+
+
+def test_embed_equals_encoder_on_the_same_patches(slide_025):
+    slide = wsi.open_slide(slide_025)
+    grid = wsi.tile(slide, mpp=0.5, size=224)
+    enc = tiny_encoders.tiny_encoder()
+    feats = embed(slide, grid, enc, batch_size=5)
+    assert feats.shape == (TISSUE_TILES, tiny_encoders.TINY_DIM) and feats.dtype == np.float32
+    by_hand = enc(np.stack(list(grid))).numpy()
+    np.testing.assert_allclose(feats, by_hand, rtol=0, atol=1e-6)
+    again = embed(slide, grid, enc, batch_size=5, workers=2)
+    assert np.array_equal(feats, again)  # deterministic on CPU, whatever the reader workers
+    other_batches = embed(slide, grid, enc, batch_size=7)
+    np.testing.assert_allclose(feats, other_batches, rtol=0, atol=1e-5)
+
+
+def test_default_encoder_on_a_slide(slide_050):
+    slide = wsi.open_slide(slide_050)
+    grid = wsi.tile(slide, mpp=0.5, size=224)
+    feats = embed(slide, grid, batch_size=6)  # efficientnet_lite0, offline weights
+    assert feats.shape == (TISSUE_TILES, 1280)
+    assert np.isfinite(feats).all() and feats.std() > 0.01
+
+
+def test_archive_files_in_clam_layout_and_skip_done(archive, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    rows = embed_archive([archive], out, encoder="tiny", workers=1, progress=False, batch_size=5)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    path = out / "features" / "tiny" / "a.h5"
+    with h5py.File(path) as f:  # what CLAM's and TRIDENT's loaders read
+        assert f["features"].shape == (TISSUE_TILES, tiny_encoders.TINY_DIM)
+        assert f["features"].dtype == np.float32
+        assert f["coords"].shape == (TISSUE_TILES, 2) and f["coords"].dtype == np.int64
+        assert f["features"].attrs["encoder"] == "tiny"
+        assert f["coords"].attrs["patch_level"] == 0
+        feats = f["features"][()]
+    grid = wsi.tile(wsi.open_slide(archive / "a.tiff"), mpp=0.5, size=224)
+    np.testing.assert_allclose(feats, tiny_encoders.tiny_encoder()(np.stack(list(grid))).numpy(),
+                               atol=1e-6)
+    assert (out / "patches" / "a.h5").exists() and (out / "qc" / "a.png").exists()
+
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "features" / "tiny").iterdir()}
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded when every slide is done")
+
+    monkeypatch.setattr("wsi.embed._resolve_encoder", no_model)
+    rows = embed_archive([archive], out, encoder="tiny", workers=0, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "features" / "tiny").iterdir()} == mtimes
+    assert set(_manifest(out)) == {"a", "b", "c"}
+
+
+def test_changed_parameter_re_embeds(archive, tmp_path):
+    out = tmp_path / "out"
+    embed_archive([archive / "a.tiff"], out, encoder="tiny", workers=0, progress=False)
+    first = (out / "features" / "tiny" / "a.h5").stat().st_mtime_ns
+    rows = embed_archive([archive / "a.tiff"], out, encoder="tiny", workers=0, progress=False,
+                         tiling=TileOptions(mpp=1.0, size=112))
+    assert rows[0]["status"] == "ok"
+    assert (out / "features" / "tiny" / "a.h5").stat().st_mtime_ns != first
+    with h5py.File(out / "features" / "tiny" / "a.h5") as f:
+        assert f["coords"].attrs["target_mpp"] == 1.0
+
+
+def test_bad_slides_fail_alone_and_blank_gives_empty_features(archive, tmp_path, capsys):
+    (archive / "broken.svs").write_text("not a slide")
+    write_reference_slide(archive / "nompp.tiff", 0.25, write_mpp=False)
+    write_slide(archive / "blank.tiff", width=800, height=800, mpp=0.5)
+    out = tmp_path / "out"
+    code = main(["embed", str(archive), "--out", str(out), "--encoder", "tiny", "--quiet",
+                 "--workers", "1"])
+    assert code == 1
+    status = {k: v["status"] for k, v in _manifest(out).items()}
+    assert status == {"a": "ok", "b": "ok", "c": "ok", "broken": "failed", "nompp": "failed",
+                      "blank": "no_tissue"}
+    with h5py.File(out / "features" / "tiny" / "blank.h5") as f:
+        assert f["features"].shape == (0, tiny_encoders.TINY_DIM)
+    assert "Traceback" not in capsys.readouterr().out
+
+
+def test_corrupt_tile_data_fails_that_slide_only(archive, tmp_path):
+    data = bytearray((archive / "c.tiff").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4000] = b"\xff" * 4000  # inside level-0 JPEG tiles
+    (archive / "c.tiff").write_bytes(bytes(data))
+    out = tmp_path / "out"
+    rows = embed_archive([archive], out, encoder="tiny", workers=0, progress=False)
+    status = {r["slide_id"]: r["status"] for r in rows}
+    assert status["a"] == status["b"] == "ok"
+    assert not list((out / "features" / "tiny").glob(".*tmp*"))
+
+
+def test_unknown_encoder_is_a_usage_error(archive, tmp_path, capsys):
+    code = main(["embed", str(archive), "--out", str(tmp_path / "o"), "--encoder", "nope"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown encoder 'nope'" in err and "efficientnet_lite0" in err
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_only_the_unfinished_slide(archive, tmp_path):
+    out = tmp_path / "out"
+    script = (
+        f"import sys; sys.path.insert(0, {REPO!r}); from tests import tiny_encoders; "
+        "tiny_encoders.register(); from wsi.cli import main; "
+        f"sys.exit(main(['embed', {str(archive)!r}, '--out', {str(out)!r}, '--encoder', 'tiny_slow', "
+        "'--quiet', '--workers', '0', '--batch-size', '2']))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    feats = out / "features" / "tiny_slow"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (feats / "a.h5").exists() and list(feats.glob(".b.h5.tmp-*")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (feats / "a.h5").exists() and not (feats / "b.h5").exists()
+    assert list(feats.glob(".b.h5.tmp-*"))  # the half-written slide is only a temporary
+    a_mtime = (feats / "a.h5").stat().st_mtime_ns
+
+    rows = embed_archive([archive], out, encoder="tiny_slow", workers=0, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    assert (feats / "a.h5").stat().st_mtime_ns == a_mtime  # finished slide untouched
+    assert not list(feats.glob(".*tmp*"))  # stale temporary cleaned up
+    assert set(_manifest(out)) == {"a", "b", "c"}
+    reference = embed_archive([archive], tmp_path / "ref", encoder="tiny", workers=0,
+                              progress=False)
+    assert [r["n_tiles"] for r in reference] == [r["n_tiles"] for r in rows]
+    with h5py.File(feats / "b.h5") as f, h5py.File(tmp_path / "ref/features/tiny/b.h5") as g:
+        assert np.array_equal(f["features"][()], g["features"][()])

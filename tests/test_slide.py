@@ -1,0 +1,142 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+import wsi
+from tests.conftest import shared_file, write_reference_slide
+from wsi.errors import InvalidMppError, MissingMppError, SlideNotFoundError, SlideOpenError
+from wsi.testing import write_flat_image
+
+
+def test_generic_tiff_geometry_and_mpp(slide_025):
+    with wsi.open_slide(slide_025) as s:
+        assert s.dimensions == (4096, 3072)
+        assert s.level_count == 3
+        assert s.level_downsamples == pytest.approx((1.0, 4.0, 16.0))
+        assert (s.mpp, s.mpp_source) == (pytest.approx(0.25), "openslide")
+        assert s.vendor == "generic-tiff" and s.backend == "openslide"
+        assert s.slide_id == "s025"
+        assert s.best_level_for_mpp(0.5) == 0
+        assert s.best_level_for_mpp(1.0) == 1
+        assert s.best_level_for_mpp(0.999) == 0
+        assert s.best_level_for_mpp(100) == 2
+
+
+def test_svs_geometry_and_associated_images(slide_050):
+    with wsi.open_slide(slide_050) as s:
+        assert s.vendor == "aperio"
+        assert s.dimensions == (2048, 1536)
+        assert s.mpp == pytest.approx(0.5)
+        assert "thumbnail" in s.associated_images
+
+
+def test_read_region_and_thumbnail_pixels(slide_025):
+    with wsi.open_slide(slide_025) as s:
+        inside = s.read_region((1200, 600), 0, (64, 32))
+        assert inside.shape == (32, 64, 3) and inside.dtype == np.uint8
+        assert np.abs(inside.mean(axis=(0, 1)) - (200, 110, 170)).max() < 4
+        outside = s.read_region((4000, 3000), 0, (200, 200))  # partly past the edge
+        assert outside.min() >= 230  # glass, and white past the slide
+        thumb = s.read_thumbnail(32)
+        assert thumb.shape == (96, 128, 3)
+        # tissue spans level-0 x 896..2688 → thumbnail columns 28..84
+        assert np.abs(thumb[20, 40].astype(int) - (200, 110, 170)).max() < 6
+        assert thumb[5, 5].min() > 230
+        assert s.get_thumbnail(256).size == (256, 192)
+
+
+def test_thumbnail_is_streamed_in_strips_with_the_same_result(slide_025, monkeypatch):
+    with wsi.open_slide(slide_025) as s:
+        whole = s.read_thumbnail(5.3)
+        monkeypatch.setattr("wsi.slide._STRIP_PIXELS", 5_000)
+        strips = s.read_thumbnail(5.3)
+    assert whole.shape == strips.shape == (580, 773, 3)
+    # the last row straddles the slide edge, where glass meets white padding
+    assert np.abs(whole[:-1].astype(int) - strips[:-1]).max() <= 1
+
+
+def test_pickle_reopens_by_path_with_override(tmp_path):
+    path = write_reference_slide(tmp_path / "nompp.tiff", 0.25, write_mpp=False)
+    s = wsi.open_slide(path, mpp=0.2525)
+    clone = pickle.loads(pickle.dumps(s))
+    assert clone.mpp == 0.2525 and clone.mpp_source == "argument"
+    assert np.array_equal(clone.read_region((0, 0), 0, (8, 8)), s.read_region((0, 0), 0, (8, 8)))
+
+
+def test_missing_mpp_is_lazy_and_clear(tmp_path):
+    path = write_reference_slide(tmp_path / "nompp.tiff", 0.25, write_mpp=False)
+    s = wsi.open_slide(path)
+    assert s.mpp_or_none is None and s.mpp_source is None
+    with pytest.raises(MissingMppError, match=r"nompp.tiff: no mpp in metadata.*--slide-mpp"):
+        _ = s.mpp
+
+
+def test_absurd_mpp_argument_fails_at_open(slide_025):
+    with pytest.raises(InvalidMppError, match="s025.tiff"):
+        wsi.open_slide(slide_025, mpp=0)
+
+
+def test_flat_tiff_opens_through_fallback(tmp_path):
+    rgb = np.zeros((300, 500, 3), np.uint8)
+    rgb[:, 250:] = (200, 100, 150)
+    path = write_flat_image(tmp_path / "flat.tif", rgb, mpp=0.5)
+    with wsi.open_slide(path) as s:
+        assert s.backend == "flat-image"
+        assert s.dimensions == (500, 300) and s.level_count == 1
+        assert (s.mpp, s.mpp_source) == (pytest.approx(0.5), "tiff-resolution")
+        assert np.array_equal(s.read_region((240, 10), 0, (20, 5)), rgb[10:15, 240:260])
+        assert s.read_thumbnail(10).shape == (30, 50, 3)
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda d: d / "missing.svs", SlideNotFoundError, "no such file"),
+        (lambda d: (d / "dir.svs").mkdir() or d / "dir.svs", SlideNotFoundError, "is a directory"),
+        (lambda d: (d / "empty.svs").write_bytes(b"") or d / "empty.svs", SlideOpenError, "empty file"),
+        (
+            lambda d: (d / "text.svs").write_text("not a slide\n") and d / "text.svs",
+            SlideOpenError,
+            "text.svs: neither openslide nor the image fallback can read it",
+        ),
+    ],
+)
+def test_bad_paths(tmp_path, make, error, message):
+    with pytest.raises(error, match=message):
+        wsi.open_slide(make(tmp_path))
+
+
+def test_truncated_tiff(slide_025, tmp_path):
+    data = slide_025.read_bytes()
+    cut = tmp_path / "cut.tiff"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(wsi.SlideError, match="cut.tiff"):
+        s = wsi.open_slide(cut)
+        s.read_thumbnail(4)
+
+
+def test_symlink_loop(tmp_path):
+    loop = tmp_path / "loop.svs"
+    os.symlink(loop, loop)
+    with pytest.raises(SlideNotFoundError, match="symbolic link loop"):
+        wsi.open_slide(loop)
+
+
+def test_real_tcga_svs_without_mpp():
+    path = shared_file("small_real_wsis/tcga-cr-7395-01a-01-ts1.svs")
+    with wsi.open_slide(path) as s:
+        assert s.dimensions == (4443, 3567) and s.vendor == "aperio"
+        with pytest.raises(MissingMppError, match="tcga-cr-7395-01a-01-ts1.svs.*--slide-mpp"):
+            _ = s.mpp
+    with wsi.open_slide(path, mpp=0.25) as s:
+        assert s.best_level_for_mpp(0.5) == 1  # level 1 is 2.0005x: 0.50013 µm/px
+        patch = s.read_patch(1000, 1000, 448.0, 224, 1)
+        assert patch.shape == (224, 224, 3)
+
+
+def test_real_flat_tiff_through_fallback():
+    path = shared_file("small_real_wsis/kidney-48-5.tif")
+    with wsi.open_slide(path) as s:
+        assert s.backend == "flat-image" and s.dimensions == (1493, 901)

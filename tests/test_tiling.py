@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+
+import wsi
+from tests.conftest import TISSUE_TILES, shared_file, write_reference_slide
+from wsi.errors import InvalidParameterError, MissingMppError, SlideTooSmallError
+from wsi.testing import Region, write_slide
+
+
+def _grid(path, **kwargs):
+    slide = wsi.open_slide(path)
+    return wsi.tile(slide, **kwargs)
+
+
+def test_exact_tiles_from_a_40x_base(slide_025):
+    grid = _grid(slide_025, mpp=0.5, size=224)
+    assert len(grid) == TISSUE_TILES
+    xs, ys = np.unique(grid.coords[:, 0]), np.unique(grid.coords[:, 1])
+    # tissue block 224..672 µm x 112..448 µm at 0.25 µm/px = x 896..2688, y 448..1792
+    assert xs.tolist() == [896, 1344, 1792, 2240]
+    assert ys.tolist() == [448, 896, 1344]
+    assert grid.coords.dtype == np.int64 and grid.coords.shape == (12, 2)
+    assert grid.size_level0 == pytest.approx(448.0)
+    assert grid.level == 0  # level 1 is 1.0 µm/px, coarser than the target
+    assert grid.achieved_mpp == pytest.approx(0.5)
+    assert grid.tissue_fraction.min() > 0.9
+
+
+def test_same_microns_from_a_20x_base(slide_025, slide_050):
+    g40 = _grid(slide_025, mpp=0.5, size=224)
+    g20 = _grid(slide_050, mpp=0.5, size=224)
+    assert len(g20) == len(g40) == TISSUE_TILES
+    assert np.array_equal(g40.coords, 2 * g20.coords)
+    assert g20.size_level0 == pytest.approx(224.0) and g20.level == 0
+    assert g20.tile_size_um == g40.tile_size_um == pytest.approx(112.0)
+    um40 = g40.coords * 0.25
+    um20 = g20.coords * 0.5
+    assert np.array_equal(um40, um20)
+    a, b = g40.read(0), g20.read(0)
+    assert a.shape == b.shape == (224, 224, 3)
+    assert np.abs(a.astype(int) - b).mean() < 3  # same tissue, same µm
+
+
+@pytest.mark.parametrize("base", [0.2525, 0.263])
+def test_non_round_scanner_mpp_keeps_exact_microns(tmp_path, base):
+    path = write_reference_slide(tmp_path / "odd.tiff", base)
+    grid = _grid(path, mpp=0.5, size=224)
+    assert grid.size_level0 == pytest.approx(224 * 0.5 / base)
+    assert grid.achieved_mpp == pytest.approx(0.5, rel=1e-9)
+    assert grid.attrs()["patch_size_level0"] == round(224 * 0.5 / base)
+    # tiles sit every 112 µm: coordinates in µm are multiples of 112 within half a pixel
+    um = grid.coords * base
+    assert np.abs(um / 112 - np.round(um / 112)).max() * 112 <= base / 2 + 1e-9
+    assert 6 <= len(grid) <= TISSUE_TILES
+    assert grid.read(0).shape == (224, 224, 3)
+
+
+def test_reads_at_the_coarsest_level_at_or_finer_than_target(tmp_path):
+    path = write_reference_slide(tmp_path / "l.tiff", 0.25, downsamples=(1, 2, 8))
+    grid = _grid(path, mpp=0.5, size=224)
+    assert grid.level == 1 and grid.patch_size_level == 224
+    slide = grid.slide
+    x, y = grid.coords[0]
+    direct = slide.read_region((int(x), int(y)), 1, (224, 224))
+    assert np.array_equal(grid.read(0), direct)  # same scale: no resampling at all
+    level0 = slide.read_patch(float(x), float(y), 448.0, 224, 0)
+    assert np.abs(level0.astype(int) - direct).mean() < 2
+
+
+def test_overlap_and_min_tissue(slide_050):
+    slide = wsi.open_slide(slide_050)
+    mask = wsi.detect_tissue(slide)
+    all_tiles = wsi.tile(slide, mpp=0.5, size=224, min_tissue=0.0, mask=mask)
+    assert len(all_tiles) == 9 * 6  # 2048/224 = 9 columns, 1536/224 = 6 rows
+    over = wsi.tile(slide, mpp=0.5, size=224, overlap=112, min_tissue=0.5, mask=mask)
+    assert over.stride_level0 == pytest.approx(112.0)
+    assert np.diff(np.unique(over.coords[:, 0])).tolist() == [112] * (len(np.unique(over.coords[:, 0])) - 1)
+    assert len(over) > 2 * TISSUE_TILES
+    strict = wsi.tile(slide, mpp=0.5, size=224, min_tissue=1.0, mask=mask)
+    assert len(strict) <= TISSUE_TILES
+
+
+def test_grid_iterates_patches(slide_050):
+    grid = _grid(slide_050, mpp=1.0, size=64)
+    patches = list(grid)
+    assert len(patches) == len(grid) > 0
+    assert all(p.shape == (64, 64, 3) and p.dtype == np.uint8 for p in patches)
+    inner = [p for p, f in zip(patches, grid.tissue_fraction, strict=True) if f == 1.0]
+    assert len(inner) >= 8  # edge tiles straddle glass; the inner ones are pure tissue
+    assert np.abs(np.mean([p.mean(axis=(0, 1)) for p in inner], axis=0) - (200, 110, 170)).max() < 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mpp": 0}, "tile mpp"),
+        ({"mpp": float("nan")}, "tile mpp"),
+        ({"size": 0}, "tile size"),
+        ({"overlap": 224}, "overlap"),
+        ({"min_tissue": 1.5}, "min_tissue"),
+    ],
+)
+def test_bad_parameters(slide_050, kwargs, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        _grid(slide_050, **kwargs)
+
+
+def test_blank_slide_gives_an_empty_grid(tmp_path):
+    path = write_slide(tmp_path / "blank.tiff", width=1024, height=1024, mpp=0.5)
+    grid = _grid(path)
+    assert len(grid) == 0 and grid.coords.shape == (0, 2)
+
+
+def test_slide_smaller_than_one_tile(tmp_path):
+    path = write_slide(tmp_path / "tiny.tiff", width=150, height=100, mpp=0.5,
+                       regions=[Region(0, 0, 150, 100)], downsamples=(1,))
+    with pytest.raises(SlideTooSmallError, match=r"tiny.tiff: the slide is 150x100 px = 75x50 µm"):
+        _grid(path, mpp=0.5, size=224)
+
+
+def test_no_mpp_fails_with_the_fix(tmp_path):
+    path = write_reference_slide(tmp_path / "nompp.tiff", 0.25, write_mpp=False)
+    with pytest.raises(MissingMppError, match="--slide-mpp"):
+        _grid(path)
+
+
+def test_attrs_follow_clam_and_trident(slide_025):
+    attrs = _grid(slide_025).attrs()
+    assert attrs["patch_size"] == 448 and attrs["patch_level"] == 0
+    assert attrs["patch_size_level0"] == 448 and attrs["target_patch_size"] == 224
+    assert attrs["level0_width"] == 4096 and attrs["level0_height"] == 3072
+    assert attrs["target_mpp"] == 0.5 and attrs["mpp_level0"] == pytest.approx(0.25)
+    assert attrs["name"] == "s025" and attrs["overlap"] == 0
+
+
+def test_real_tcga_tiles_with_slide_mpp():
+    path = shared_file("small_real_wsis/tcga-cr-7395-01a-01-ts1.svs")
+    slide = wsi.open_slide(path, mpp=0.25)
+    grid = wsi.tile(slide, mpp=0.5, size=224)
+    assert grid.level == 1
+    assert 20 < len(grid) < 400
+    patch = grid.read(len(grid) // 2)
+    assert patch.shape == (224, 224, 3) and patch.std() > 10  # real tissue has texture

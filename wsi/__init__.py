@@ -1,0 +1,69 @@
+"""wsi: whole-slide-image analysis for translational oncology.
+
+Slides → tissue masks → tile grids at an exact µm/px → CNN features in CLAM/TRIDENT HDF5 →
+attention-MIL heads. The notebook API::
+
+    import wsi
+    slide = wsi.open_slide("a.svs")            # mpp=... overrides missing/wrong metadata
+    mask = wsi.detect_tissue(slide)            # .array, .downsample, .to_geojson()
+    grid = wsi.tile(slide, mpp=0.5, size=224)  # .coords (N, 2) int64, level-0, top-left
+    feats = wsi.embed(slide, grid, encoder="efficientnet_lite0")   # (N, D) float32
+    wsi.embed_archive(["slides/"], "out/")     # batch: files, folders or globs
+
+``embed`` and ``embed_archive`` import torch on first use, so ``import wsi`` stays light.
+"""
+
+from typing import Any
+
+from wsi.errors import (
+    FeatureFileError,
+    InvalidMppError,
+    InvalidParameterError,
+    LabelsError,
+    MissingMppError,
+    MppError,
+    SlideError,
+    SlideNotFoundError,
+    SlideOpenError,
+    SlideReadError,
+    SlideTooSmallError,
+    WsiError,
+)
+from wsi.slide import Slide, open_slide
+from wsi.tiling import TileGrid, tile
+from wsi.tissue import TissueMask, detect_tissue
+
+_LAZY = {"embed": "wsi.embed", "embed_archive": "wsi.embed"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'wsi' has no attribute {name!r}")
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FeatureFileError",
+    "InvalidMppError",
+    "InvalidParameterError",
+    "LabelsError",
+    "MissingMppError",
+    "MppError",
+    "Slide",
+    "SlideError",
+    "SlideNotFoundError",
+    "SlideOpenError",
+    "SlideReadError",
+    "SlideTooSmallError",
+    "TileGrid",
+    "TissueMask",
+    "WsiError",
+    "detect_tissue",
+    "embed",
+    "embed_archive",
+    "open_slide",
+    "tile",
+]

@@ -1,0 +1,192 @@
+"""Batches of slides: finding them, the manifest, and running one job per slide.
+
+A batch never dies because one slide is bad: each slide's expected failures
+(:class:`wsi.errors.WsiError`, OS errors) become a manifest row with status ``failed``
+and a one-line error; the others still run.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from wsi.slide import slide_id_of
+
+SLIDE_EXTENSIONS = frozenset(
+    {
+        ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
+        ".bif", ".dcm", ".jpg", ".jpeg", ".png", ".qptiff",
+    }
+)
+"""File extensions picked up when a folder is given (explicit files are always taken)."""
+
+MANIFEST_COLUMNS = (
+    "slide_id", "path", "status", "n_tiles", "mpp", "mpp_source", "seconds", "error",
+)
+STATUSES = ("ok", "no_tissue", "failed")
+
+
+def find_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files, folders (searched recursively for :data:`SLIDE_EXTENSIONS`) and globs.
+
+    A path that matches nothing is kept as it is, so that it is reported as ``failed``
+    (no such file) rather than silently skipped. Order: as given, each folder sorted.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        text = os.fspath(item)
+        p = Path(text)
+        if p.is_dir() and p.suffix.lower() not in SLIDE_EXTENSIONS:
+            found.extend(
+                sorted(q for q in p.rglob("*") if q.suffix.lower() in SLIDE_EXTENSIONS
+                       and not q.name.startswith("."))
+            )
+        elif not p.exists() and glob.has_magic(text):
+            found.extend(Path(m) for m in sorted(glob.glob(text, recursive=True)))
+        else:
+            found.append(p)
+    unique: dict[str, Path] = {}
+    for p in found:
+        unique.setdefault(os.path.abspath(p), p)
+    return list(unique.values())
+
+
+def manifest_row(
+    path: Path,
+    status: str,
+    *,
+    n_tiles: int = 0,
+    mpp: float | None = None,
+    mpp_source: str | None = None,
+    seconds: float = 0.0,
+    error: str = "",
+    **extra: Any,
+) -> dict[str, Any]:
+    """One manifest row (see DESIGN.md: slide_id, path, status, n_tiles, mpp, …)."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    return {
+        "slide_id": slide_id_of(path),
+        "path": str(path),
+        "status": status,
+        "n_tiles": int(n_tiles),
+        "mpp": "" if mpp is None or not math.isfinite(mpp) else f"{mpp:.6g}",
+        "mpp_source": mpp_source or "",
+        "seconds": f"{seconds:.2f}",
+        "error": " ".join(str(error).split()),
+        **extra,
+    }
+
+
+class Manifest:
+    """``manifest.csv`` of an output folder: one row per slide, kept across re-runs.
+
+    Rows of slides not in the current run are kept; a slide's row is replaced when it is
+    processed again. Saved atomically after every slide, so a killed run loses nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], extra_columns: Sequence[str] = ()) -> None:
+        self.path = Path(path)
+        self.columns = list(MANIFEST_COLUMNS) + [c for c in extra_columns if c not in MANIFEST_COLUMNS]
+        self.rows: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            with open(self.path, newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    if row.get("slide_id"):
+                        self.rows[row["slide_id"]] = row
+                        for key in row:
+                            if key and key not in self.columns:
+                                self.columns.append(key)
+
+    def update(self, row: Mapping[str, Any]) -> None:
+        """Insert or replace the row of ``row['slide_id']`` and save."""
+        for key in row:
+            if key not in self.columns:
+                self.columns.append(key)
+        self.rows[str(row["slide_id"])] = dict(row)
+        self.save()
+
+    def save(self) -> None:
+        """Write the CSV under a temporary name and rename it into place."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in self.rows.values():
+                writer.writerow({c: row.get(c, "") for c in self.columns})
+        os.replace(tmp, self.path)
+
+    def status_counts(self, slide_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """How many rows (of ``slide_ids`` when given) have each status."""
+        ids = self.rows.keys() if slide_ids is None else slide_ids
+        counts = dict.fromkeys(STATUSES, 0)
+        for sid in ids:
+            status = self.rows.get(sid, {}).get("status")
+            if status in counts:
+                counts[status] += 1
+        return counts
+
+
+def failure_message(exc: BaseException) -> str:
+    """One line for a failed slide: the error's own message for expected failures, the
+    exception type too for unexpected ones (bugs: re-run with --debug)."""
+    from wsi.errors import WsiError
+
+    if isinstance(exc, WsiError | OSError):
+        return " ".join(str(exc).split())
+    return f"internal error {type(exc).__name__}: {exc} (re-run with --debug for the traceback)"
+
+
+def run_batch(
+    slides: Sequence[Path],
+    job: Any,
+    manifest: Manifest,
+    *,
+    progress: bool = True,
+    debug: bool = False,
+    desc: str = "slides",
+) -> list[dict[str, Any]]:
+    """Run ``job(path) -> manifest row`` on each slide, recording every outcome.
+
+    An exception becomes a ``failed`` row with a one-line error, printed as
+    ``slide_id: failed: message``; with ``debug`` the traceback is printed too.
+    KeyboardInterrupt stops the batch.
+    """
+    import time
+    import traceback
+
+    from tqdm.auto import tqdm
+
+    rows = []
+    seen: dict[str, Path] = {}
+    bar = tqdm(slides, desc=desc, unit="slide", disable=not progress, dynamic_ncols=True)
+    for path in bar:
+        bar.set_postfix_str(path.name[:40])
+        start = time.perf_counter()
+        sid = slide_id_of(path)
+        if sid in seen:
+            row = manifest_row(
+                path, "failed", error=f"duplicate slide id {sid!r}: {seen[sid]} has the same "
+                "file name; rename one so outputs do not overwrite each other",
+            )
+        else:
+            seen[sid] = path
+            try:
+                row = job(path)
+            except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
+                row = manifest_row(
+                    path, "failed", seconds=time.perf_counter() - start, error=failure_message(exc)
+                )
+                if debug:
+                    tqdm.write(traceback.format_exc())
+        if row["status"] == "failed":
+            tqdm.write(f"{row['slide_id']}: failed: {row['error']}")
+        manifest.update(row)
+        rows.append(row)
+    return rows

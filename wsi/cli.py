@@ -1,0 +1,141 @@
+"""The ``wsi`` command line: thin commands over the library's functions.
+
+Exit codes: 0 when every slide succeeded (``ok`` or ``no_tissue``), 1 when some failed
+(see the manifest), 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _add_tiling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tiling")
+    g.add_argument("--mpp", type=float, default=0.5, help="tile scale in µm/px (default 0.5 ≈ 20x)")
+    g.add_argument("--size", type=int, default=224, help="tile side in pixels (default 224)")
+    g.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbours (default 0)")
+    g.add_argument(
+        "--min-tissue", type=float, default=0.5,
+        help="drop tiles with a smaller tissue fraction (default 0.5)",
+    )
+    g.add_argument(
+        "--slide-mpp", type=float, default=None,
+        help="level-0 µm/px of every slide, overriding missing or wrong metadata",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``wsi`` command."""
+    parser = argparse.ArgumentParser(
+        prog="wsi", description="Whole-slide images: tiles at exact µm, features, MIL heads."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("tile", help="tissue detection + tile grid: patches/*.h5, qc/, manifest")
+    p.add_argument("slides", nargs="+", metavar="SLIDES", help="files, folders or globs")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_tiling_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tile)
+
+    p = sub.add_parser("embed", help="tile + encode: features/{encoder}/*.h5, patches/, qc/, manifest")
+    p.add_argument("slides", nargs="+", metavar="SLIDES", help="files, folders or globs")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--encoder", default="efficientnet_lite0",
+                   help="efficientnet_lite0 (default, offline), resnet50_trunc, timm:<name>, hf-hub:<repo>")
+    p.add_argument("--weights", default=None, help="local weights file (.safetensors/.pth/.bin)")
+    p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (default 64)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="patch-reader processes (default: a quarter of the cores, >= 1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast dtype (auto: bf16/fp16 on GPU, bf16 on CPUs with native bf16)")
+    p.add_argument("--redo", action="store_true", help="re-embed slides already done")
+    _add_tiling_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("demo", help="the whole pipeline on a built-in synthetic cohort, offline")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _finish(rows: list[dict], out: Path) -> int:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    tiles = sum(int(r["n_tiles"]) for r in rows)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    print(f"{len(rows)} slides ({summary}), {tiles} tiles -> {out}/manifest.csv")
+    return EXIT_SOME_FAILED if counts.get("failed") else EXIT_OK
+
+
+def cmd_tile(args: argparse.Namespace) -> int:
+    """``wsi tile``: coords files, QC pictures and the manifest for each slide."""
+    from wsi.batch import find_slides
+    from wsi.patching import TileOptions, tile_archive
+
+    options = TileOptions(args.mpp, args.size, args.overlap, args.min_tissue, args.slide_mpp)
+    options.check()
+    rows = tile_archive(
+        find_slides(args.slides), args.out, options, progress=not args.quiet, debug=args.debug
+    )
+    return _finish(rows, args.out)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """``wsi embed``: tile and encode each slide into features/{encoder}/{slide_id}.h5."""
+    from wsi.embed import embed_archive
+    from wsi.patching import TileOptions
+
+    options = TileOptions(args.mpp, args.size, args.overlap, args.min_tissue, args.slide_mpp)
+    rows = embed_archive(
+        args.slides, args.out, encoder=args.encoder, weights=args.weights, tiling=options,
+        batch_size=args.batch_size, workers=args.workers,
+        device=None if args.device == "auto" else args.device, precision=args.precision,
+        progress=not args.quiet, debug=args.debug, skip_done=not args.redo,
+    )
+    return _finish(rows, args.out)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``wsi demo``: the synthetic-cohort walkthrough."""
+    print(
+        "wsi demo will write a synthetic slide cohort, tile it, embed it with "
+        "EfficientNet-Lite0, cross-validate an attention-MIL head and draw heatmaps "
+        f"into {args.out}/. It is not built yet; run `wsi tile` on your slides meanwhile."
+    )
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wsi`` console script."""
+    from wsi.errors import InvalidParameterError, ModelsError, WsiError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InvalidParameterError as exc:
+        print(f"wsi {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (WsiError, ModelsError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"wsi {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ValueError | ModelsError) else EXIT_SOME_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""Slides → features: one slide in a notebook, or whole archives into feature files.
+
+``embed_archive`` runs three stages at once: a thread tiles the next slides (tissue,
+grid, ``patches/`` and ``qc/`` files), DataLoader worker processes read and resize patches
+(each opens the slide itself), and the main thread encodes batches and streams the rows
+into ``features/{encoder}/{slide_id}.h5``. A slide whose feature file already exists with
+the same provenance key (slide quickhash, tiling options, encoder and weights) is skipped
+without being opened, and the model is not even loaded when nothing is left to do.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi.batch import Manifest, failure_message, find_slides, manifest_row
+from wsi.loader import BatchSpec, PatchBatch, default_workers, patch_loader
+from wsi.patching import TileOptions, provenance, tile_slide, write_qc
+from wsi.slide import Slide, quickhash, slide_id_of
+from wsi.store import (
+    FeatureBag,
+    FeatureWriter,
+    read_provenance,
+    remove_stale_temporaries,
+    write_coords,
+)
+from wsi.tiling import TileGrid
+
+DEFAULT_ENCODER = "efficientnet_lite0"
+_LOOKAHEAD_SLIDES = 2
+
+
+def encoder_dirname(name: str) -> str:
+    """The folder name of an encoder's features: ``timm:resnet18`` → ``timm-resnet18``."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-")
+
+
+def _resolve_encoder(encoder: Any, weights: Any, device: Any, precision: str) -> Any:
+    from models.encoders import Encoder, load_encoder
+
+    if isinstance(encoder, Encoder):
+        return encoder
+    return load_encoder(encoder, weights=weights, device=device, precision=precision)
+
+
+def _check_encoder_name(name: str) -> None:
+    """Fail fast on an unknown encoder name, without building the model."""
+    from models.encoders import known_encoders, load_encoder
+
+    if name in known_encoders() or name.startswith(("timm:", "hf-hub:")):
+        return
+    load_encoder(name)  # raises UnknownEncoderError listing the known names
+
+
+def embed(
+    slide: Slide,
+    grid: TileGrid,
+    encoder: Any = DEFAULT_ENCODER,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | None = None,
+    precision: str = "auto",
+    progress: bool = False,
+) -> np.ndarray:
+    """Features of every tile of ``grid``: float32 (N, D), row i for ``grid.coords[i]``.
+
+    ``encoder`` is a name (see :func:`models.load_encoder`) or an ``Encoder`` object;
+    ``workers`` > 0 reads patches in that many processes.
+    """
+    from tqdm.auto import tqdm
+
+    enc = _resolve_encoder(encoder, weights, device, precision)
+    out = np.empty((len(grid), enc.feature_dim), np.float32)
+    loader = patch_loader(
+        BatchSpec.batches(0, grid, batch_size), workers, pin_memory=enc.device.type == "cuda"
+    )
+    with tqdm(total=len(grid), desc=slide.slide_id, unit="tile", disable=not progress) as bar:
+        for batch in loader:
+            if batch.error is not None:
+                from wsi.errors import SlideReadError
+
+                raise SlideReadError(batch.error, slide.path)
+            rows = enc(batch.patches)
+            out[batch.spec.start : batch.spec.start + rows.shape[0]] = rows.numpy()
+            bar.update(rows.shape[0])
+    return out
+
+
+@dataclass
+class _SlideJob:
+    """A tiled slide waiting for (or in) encoding."""
+
+    index: int
+    path: Path
+    slide_id: str
+    coords: np.ndarray
+    tissue_fraction: np.ndarray
+    attrs: dict[str, Any]
+    provenance: dict[str, Any]
+    mpp: float
+    mpp_source: str | None
+    started: float
+    grid: TileGrid = field(repr=False)
+    writer: FeatureWriter | None = None
+    rows_done: int = 0
+    failed: bool = False
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.coords.shape[0])
+
+
+class _ArchiveRun:
+    """State of one ``embed_archive`` call (see the module docstring for the stages)."""
+
+    def __init__(
+        self,
+        slides: list[Path],
+        out: Path,
+        encoder: Any,
+        weights: str | os.PathLike[str] | None,
+        options: TileOptions,
+        batch_size: int,
+        workers: int,
+        device: str | None,
+        precision: str,
+        progress: bool,
+        debug: bool,
+        skip_done: bool,
+    ) -> None:
+        self.slides, self.out, self.options = slides, out, options
+        self.encoder_arg, self.weights = encoder, weights
+        self.encoder_name = encoder if isinstance(encoder, str) else encoder.name
+        self.batch_size, self.workers = batch_size, workers
+        self.device, self.precision = device, precision
+        self.progress, self.debug, self.skip_done = progress, debug, skip_done
+        self.features_dir = out / "features" / encoder_dirname(self.encoder_name)
+        self.manifest = Manifest(out / "manifest.csv")
+        self.jobs: dict[int, _SlideJob] = {}
+        self.rows: dict[int, dict[str, Any]] = {}
+        self._encoder: Any = None
+        self._slide_bar: Any = None
+        self._tile_bar: Any = None
+        self._current = -1
+        self._events: queue.Queue = queue.Queue(maxsize=_LOOKAHEAD_SLIDES)
+        self._stop = threading.Event()
+        self._weights_key = (
+            {"path": str(Path(weights).resolve()), "quickhash": quickhash(weights)}
+            if weights is not None and Path(weights).is_file()
+            else str(weights) if weights is not None else None
+        )
+
+    # keys and skip-done -----------------------------------------------------------------
+    def embed_key(self, path: Path) -> dict[str, Any]:
+        """What decides a slide's features: if unchanged, the file is reused."""
+        return {
+            "slide_quickhash": quickhash(path),
+            "tiling": asdict(self.options),
+            "encoder": self.encoder_name,
+            "weights": self._weights_key,
+        }
+
+    def features_path(self, slide_id: str) -> Path:
+        return self.features_dir / f"{slide_id}.h5"
+
+    def _done_row(self, path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+        target = self.features_path(slide_id_of(path))
+        if not self.skip_done or not target.exists():
+            return None
+        prov = read_provenance(target)
+        if prov is None or prov.get("embed_key") != key:
+            return None
+        n = len(FeatureBag(target))
+        tiling = prov.get("tiling", {})
+        return manifest_row(
+            path,
+            "ok" if n else "no_tissue",
+            n_tiles=n,
+            mpp=tiling.get("mpp_level0"),
+            mpp_source=tiling.get("mpp_source"),
+        )
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            self._encoder = _resolve_encoder(
+                self.encoder_arg, self.weights, self.device, self.precision
+            )
+        return self._encoder
+
+    # stage 1: tiling thread -------------------------------------------------------------
+    def _put(self, event: tuple[str, Any]) -> None:
+        while not self._stop.is_set():
+            try:
+                self._events.put(event, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _tile_all(self) -> None:
+        seen: dict[str, Path] = {}
+        try:
+            for index, path in enumerate(self.slides):
+                if self._stop.is_set():
+                    return
+                start = time.perf_counter()
+                sid = slide_id_of(path)
+                if sid in seen:
+                    self._put(("row", (index, manifest_row(
+                        path, "failed", error=f"duplicate slide id {sid!r}: {seen[sid]} has the "
+                        "same file name; rename one so outputs do not overwrite each other"))))
+                    continue
+                seen[sid] = path
+                try:
+                    key = self.embed_key(path)
+                    done = self._done_row(path, key)
+                    if done is not None:
+                        self._put(("row", (index, done)))
+                        continue
+                    self._put(("job", self._tile_one(index, path, key, start)))
+                except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
+                    if self.debug:
+                        import traceback
+
+                        traceback.print_exc()
+                    self._put(("row", (index, manifest_row(
+                        path, "failed", seconds=time.perf_counter() - start,
+                        error=failure_message(exc)))))
+        finally:
+            self._put(("end", None))
+
+    def _tile_one(self, index: int, path: Path, key: dict[str, Any], start: float) -> _SlideJob:
+        slide, mask, grid = tile_slide(path, self.options)
+        with slide:
+            prov = provenance(slide, grid, embed_key=key)
+            write_coords(
+                self.out / "patches" / f"{slide.slide_id}.h5",
+                grid.coords, grid.attrs(), prov, tissue_fraction=grid.tissue_fraction,
+            )
+            write_qc(self.out, slide, mask, grid)
+            return _SlideJob(
+                index=index, path=path, slide_id=slide.slide_id, coords=grid.coords,
+                tissue_fraction=grid.tissue_fraction, attrs=grid.attrs(), provenance=prov,
+                mpp=slide.mpp, mpp_source=slide.mpp_source, started=start, grid=grid,
+            )
+
+    # stage 2: the sampler, consumed lazily by the DataLoader in this thread --------------
+    def _specs(self) -> Iterator[BatchSpec]:
+        # Started on the first request, after the loader has forked its workers, so no
+        # worker is forked while this thread holds a lock.
+        thread = threading.Thread(target=self._tile_all, name="wsi-tiling", daemon=True)
+        thread.start()
+        while True:
+            kind, payload = self._events.get()
+            if kind == "end":
+                return
+            if kind == "row":
+                index, row = payload
+                self._record(index, row)
+                continue
+            job: _SlideJob = payload
+            self.jobs[job.index] = job
+            if job.n_tiles == 0:
+                self._open_writer(job)
+                self._commit(job)
+                continue
+            yield from BatchSpec.batches(job.index, job.grid, self.batch_size)
+
+    # stage 3: encode and write ----------------------------------------------------------
+    def _open_writer(self, job: _SlideJob) -> None:
+        enc = self.encoder
+        prov = dict(job.provenance)
+        prov["encoder"] = enc.provenance()
+        prov["features_dtype"] = "float32"
+        job.writer = FeatureWriter(
+            self.features_path(job.slide_id), job.coords, job.attrs, prov, enc.feature_dim,
+            {"encoder": self.encoder_name, "weights_sha256": enc.weights_sha256 or ""},
+            tissue_fraction=job.tissue_fraction,
+        )
+
+    def _consume(self, batch: PatchBatch) -> None:
+        job = self.jobs[batch.spec.slide_index]
+        if job.failed:
+            return
+        if self._current != job.index and self._tile_bar is not None:
+            self._current = job.index
+            self._tile_bar.reset(total=job.n_tiles)
+            self._tile_bar.set_description(job.slide_id[:30])
+        try:
+            if batch.error is not None:
+                raise RuntimeError(batch.error)
+            if job.writer is None:
+                self._open_writer(job)
+            assert job.writer is not None
+            rows = self.encoder(batch.patches).numpy()
+            job.writer.write(batch.spec.start, rows)
+            job.rows_done += rows.shape[0]
+            if self._tile_bar is not None:
+                self._tile_bar.update(rows.shape[0])
+        except Exception as exc:  # noqa: BLE001 - the slide fails, the batch goes on
+            from models.errors import ModelsError
+
+            if isinstance(exc, ModelsError):
+                raise
+            job.failed = True
+            if job.writer is not None:
+                job.writer.abort()
+            message = batch.error or failure_message(exc)
+            self._record(job.index, manifest_row(
+                job.path, "failed", n_tiles=job.n_tiles, mpp=job.mpp, mpp_source=job.mpp_source,
+                seconds=time.perf_counter() - job.started, error=message))
+            return
+        if job.rows_done == job.n_tiles:
+            self._commit(job)
+
+    def _commit(self, job: _SlideJob) -> None:
+        assert job.writer is not None
+        job.writer.commit()
+        self._record(job.index, manifest_row(
+            job.path, "ok" if job.n_tiles else "no_tissue", n_tiles=job.n_tiles, mpp=job.mpp,
+            mpp_source=job.mpp_source, seconds=time.perf_counter() - job.started))
+        del self.jobs[job.index]
+
+    def _record(self, index: int, row: dict[str, Any]) -> None:
+        from tqdm.auto import tqdm
+
+        self.rows[index] = row
+        self.manifest.update(row)
+        if row["status"] == "failed":
+            tqdm.write(f"{row['slide_id']}: failed: {row['error']}")
+        if self._slide_bar is not None:
+            self._slide_bar.update(1)
+
+    def run(self) -> list[dict[str, Any]]:
+        from tqdm.auto import tqdm
+
+        for folder in (self.out / "patches", self.features_dir, self.out / "qc", self.out):
+            remove_stale_temporaries(folder)
+        self._slide_bar = tqdm(total=len(self.slides), desc="slides", unit="slide",
+                               disable=not self.progress, position=0, dynamic_ncols=True)
+        self._tile_bar = tqdm(desc="tiles", unit="tile", disable=not self.progress,
+                              position=1, leave=False, dynamic_ncols=True)
+        pin = self._encoder is not None and self._encoder.device.type == "cuda"
+        loader = patch_loader(self._specs(), self.workers, pin_memory=pin)
+        try:
+            for batch in loader:
+                self._consume(batch)
+        finally:
+            self._stop.set()
+            for job in self.jobs.values():
+                if job.writer is not None:
+                    job.writer.abort()
+            self._slide_bar.close()
+            self._tile_bar.close()
+        return [self.rows[i] for i in sorted(self.rows)]
+
+
+def embed_archive(
+    slides: Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    encoder: Any = DEFAULT_ENCODER,
+    weights: str | os.PathLike[str] | None = None,
+    tiling: TileOptions | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+    progress: bool = True,
+    debug: bool = False,
+    skip_done: bool = True,
+) -> list[dict[str, Any]]:
+    """Tile and embed every slide into ``out_dir``; return one manifest row per slide.
+
+    Writes ``patches/{id}.h5``, ``features/{encoder}/{id}.h5``, ``qc/{id}.png|geojson`` and
+    ``manifest.csv``. ``slides`` are files, folders or globs. Slides already embedded with
+    the same provenance are skipped; a failed slide gets a ``failed`` row and the rest go
+    on. ``workers``: reader processes (None: a quarter of the cores, at least 1).
+    """
+    from wsi.errors import InvalidParameterError
+
+    options = tiling or TileOptions()
+    options.check()
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise InvalidParameterError(f"batch size must be a positive integer, got {batch_size!r}")
+    if isinstance(encoder, str):
+        _check_encoder_name(encoder)
+    paths = find_slides(slides if not isinstance(slides, str | os.PathLike) else [slides])
+    run = _ArchiveRun(
+        paths, Path(out_dir), encoder, weights, options, batch_size,
+        default_workers() if workers is None else workers, device, precision, progress, debug,
+        skip_done,
+    )
+    return run.run()

@@ -1,0 +1,144 @@
+"""Patch batches read in DataLoader worker processes, across slide boundaries.
+
+The sampler yields :class:`BatchSpec` objects (not integers): the DataLoader sends each to
+a worker, which opens the slide itself (kept open for later batches), reads and resizes
+the patches and returns a uint8 batch. Because the sampler is consumed lazily as the
+loader prefetches, the next slide's batches are requested while the current slide's last
+ones are still being encoded: the encoder never waits between slides.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from wsi.slide import Slide
+from wsi.tiling import TileGrid
+
+_OPEN_SLIDES_PER_WORKER = 4
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """Which tiles to read: rows ``start .. start+len(coords)`` of slide ``slide_index``."""
+
+    slide_index: int
+    path: str
+    slide_mpp: float | None
+    start: int
+    coords: np.ndarray
+    size_level0: float
+    size: int
+    level: int
+
+    @classmethod
+    def batches(cls, slide_index: int, grid: TileGrid, batch_size: int) -> Iterator[BatchSpec]:
+        """The specs covering every tile of ``grid`` in order, ``batch_size`` tiles each."""
+        override = grid.slide._mpp_override
+        for start in range(0, len(grid), batch_size):
+            yield cls(
+                slide_index=slide_index,
+                path=str(grid.slide.path),
+                slide_mpp=override,
+                start=start,
+                coords=grid.coords[start : start + batch_size],
+                size_level0=grid.size_level0,
+                size=grid.size,
+                level=grid.level,
+            )
+
+
+@dataclass
+class PatchBatch:
+    """A read batch: uint8 patches (B, size, size, 3), or the error that stopped the read."""
+
+    spec: BatchSpec
+    patches: torch.Tensor | None
+    error: str | None = None
+
+    def pin_memory(self) -> PatchBatch:
+        """Page-locked patches for fast host-to-GPU copies (called by the DataLoader)."""
+        if self.patches is not None:
+            self.patches = self.patches.pin_memory()
+        return self
+
+
+class PatchReader(Dataset):
+    """Reads the patches of a :class:`BatchSpec`; each process keeps a few slides open."""
+
+    def __init__(self) -> None:
+        self._open: OrderedDict[tuple[str, float | None], Slide] = OrderedDict()
+
+    def _slide(self, path: str, mpp: float | None) -> Slide:
+        key = (path, mpp)
+        if key not in self._open:
+            self._open[key] = Slide(Path(path), mpp=mpp)
+            if len(self._open) > _OPEN_SLIDES_PER_WORKER:
+                self._open.popitem(last=False)[1].close()
+        self._open.move_to_end(key)
+        return self._open[key]
+
+    def __getitem__(self, spec: BatchSpec) -> PatchBatch:  # type: ignore[override]
+        from wsi.batch import failure_message
+
+        try:
+            slide = self._slide(spec.path, spec.slide_mpp)
+            out = np.empty((len(spec.coords), spec.size, spec.size, 3), np.uint8)
+            for i, (x, y) in enumerate(spec.coords):
+                out[i] = slide.read_patch(float(x), float(y), spec.size_level0, spec.size, spec.level)
+            return PatchBatch(spec, torch.from_numpy(out))
+        except Exception as exc:  # noqa: BLE001 - reported per slide by the consumer
+            return PatchBatch(spec, None, failure_message(exc))
+
+    def __len__(self) -> int:
+        raise TypeError("PatchReader is indexed by BatchSpec from a sampler; it has no length")
+
+
+class SpecSampler(Sampler):
+    """Yields the specs of an iterable, consumed lazily by the DataLoader as it prefetches."""
+
+    def __init__(self, specs: Iterable[BatchSpec]) -> None:
+        self._specs = specs
+
+    def __iter__(self) -> Iterator[BatchSpec]:
+        return iter(self._specs)
+
+
+def _keep_batch(item: PatchBatch) -> PatchBatch:
+    return item
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def default_workers() -> int:
+    """Reader processes by default: a quarter of the cores (the encoder needs the rest), ≥ 1."""
+    return max(1, min(8, (os.cpu_count() or 2) // 4))
+
+
+def patch_loader(
+    specs: Iterable[BatchSpec], workers: int, *, pin_memory: bool = False, prefetch: int = 4
+) -> DataLoader:
+    """A DataLoader of :class:`PatchBatch` over ``specs`` with ``workers`` reader processes
+    (0 reads in this process). Batches come back in spec order."""
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs = {"prefetch_factor": prefetch, "worker_init_fn": _worker_init}
+    return DataLoader(
+        PatchReader(),
+        sampler=SpecSampler(specs),
+        batch_size=None,
+        collate_fn=_keep_batch,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        **kwargs,
+    )

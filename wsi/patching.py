@@ -1,0 +1,147 @@
+"""Tile one slide into files: ``patches/{id}.h5``, ``qc/{id}.png`` and ``qc/{id}.geojson``.
+
+The step behind ``wsi tile`` and the first half of ``wsi embed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from wsi.batch import Manifest, manifest_row, run_batch
+from wsi.heatmap import save_png
+from wsi.qc import qc_image
+from wsi.slide import Slide, open_slide
+from wsi.store import write_coords
+from wsi.tiling import TileGrid, check_tiling_params, tile
+from wsi.tissue import TissueMask, detect_tissue
+
+QC_LONG_SIDE_PX = 1536
+"""Long side of the QC picture's thumbnail, when the mask's own thumbnail is smaller."""
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How slides are tiled. ``slide_mpp`` overrides every slide's metadata mpp."""
+
+    mpp: float = 0.5
+    size: int = 224
+    overlap: int = 0
+    min_tissue: float = 0.5
+    slide_mpp: float | None = None
+
+    def check(self) -> None:
+        """Raise :class:`InvalidParameterError` for values out of range."""
+        check_tiling_params(self.mpp, self.size, self.overlap, self.min_tissue)
+        if self.slide_mpp is not None:
+            from wsi.mpp import check_mpp
+
+            check_mpp(self.slide_mpp, what="--slide-mpp", name="options", fix="e.g. 0.25")
+
+
+def library_version() -> str:
+    """The installed ``wsi`` version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wsi")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def provenance(slide: Slide, grid: TileGrid, **extra: Any) -> dict[str, Any]:
+    """The provenance JSON of a slide's tile files."""
+    return {
+        "library": "wsi",
+        "version": library_version(),
+        "slide_path": str(slide.path.resolve()),
+        "slide_quickhash": slide.quickhash(),
+        "slide_backend": slide.backend,
+        "tiling": grid.params(),
+        "tissue": grid.mask.params if grid.mask is not None else None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def tile_slide(path: Path, options: TileOptions) -> tuple[Slide, TissueMask, TileGrid]:
+    """Open, detect tissue and tile one slide."""
+    slide = open_slide(path, mpp=options.slide_mpp)
+    slide.mpp  # noqa: B018 - fail early with the clear "no mpp" message
+    mask = detect_tissue(slide)
+    grid = tile(slide, options.mpp, options.size, options.overlap, options.min_tissue, mask)
+    return slide, mask, grid
+
+
+def write_qc(out_dir: Path, slide: Slide, mask: TissueMask, grid: TileGrid) -> None:
+    """``qc/{id}.png`` (thumbnail, tissue outline, tile grid) and ``qc/{id}.geojson``."""
+    qc_dir = out_dir / "qc"
+    qc_dir.mkdir(parents=True, exist_ok=True)
+    sid = slide.slide_id
+    title = f"{sid} (slide {slide.mpp:.4g} um/px from {slide.mpp_source}; tiles {grid.size} px)"
+    thumbnail, downsample = mask.thumbnail, mask.downsample
+    if thumbnail is None or max(thumbnail.shape[:2]) < QC_LONG_SIDE_PX:
+        # small slides: the mask's thumbnail is too coarse to judge tiles by eye
+        downsample = max(max(slide.dimensions) / QC_LONG_SIDE_PX, 1.0)
+        thumbnail = slide.read_thumbnail(downsample)
+    image = qc_image(
+        thumbnail,
+        downsample,
+        tissue_mask=mask.array,
+        mask_downsample=mask.downsample,
+        coords=grid.coords,
+        tile_size_level0=grid.size_level0,
+        title=title,
+        mpp=grid.mpp,
+    )
+    save_png(image, qc_dir / f"{sid}.png")
+    tmp = qc_dir / f".{sid}.geojson.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(mask.to_geojson()))
+    os.replace(tmp, qc_dir / f"{sid}.geojson")
+
+
+def patch_slide(path: Path, out_dir: Path, options: TileOptions) -> dict[str, Any]:
+    """Tile one slide and write its coords file and QC pictures; return its manifest row."""
+    start = time.perf_counter()
+    slide, mask, grid = tile_slide(path, options)
+    with slide:
+        write_coords(
+            out_dir / "patches" / f"{slide.slide_id}.h5",
+            grid.coords,
+            grid.attrs(),
+            provenance(slide, grid),
+            tissue_fraction=grid.tissue_fraction,
+        )
+        write_qc(out_dir, slide, mask, grid)
+        return manifest_row(
+            path,
+            "ok" if len(grid) else "no_tissue",
+            n_tiles=len(grid),
+            mpp=slide.mpp,
+            mpp_source=slide.mpp_source,
+            seconds=time.perf_counter() - start,
+        )
+
+
+def tile_archive(
+    slides: list[Path],
+    out_dir: str | os.PathLike[str],
+    options: TileOptions | None = None,
+    *,
+    progress: bool = True,
+    debug: bool = False,
+) -> list[dict[str, Any]]:
+    """Tile many slides into ``out_dir`` (patches/, qc/, manifest.csv); one row per slide."""
+    options = options or TileOptions()
+    options.check()
+    out = Path(out_dir)
+    manifest = Manifest(out / "manifest.csv")
+    return run_batch(
+        slides, lambda p: patch_slide(p, out, options), manifest, progress=progress, debug=debug
+    )
+

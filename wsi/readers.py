@@ -1,0 +1,208 @@
+"""Back ends that decode slide pixels: openslide, and a fallback for flat images.
+
+A reader exposes level geometry, openslide-style properties, associated images and
+``read_region`` returning RGB uint8 with transparent areas composited onto white.
+:class:`wsi.slide.Slide` picks one and adds the physical scale and patch logic on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from wsi.errors import SlideOpenError, SlideReadError
+
+FALLBACK_MAX_PIXELS = 1_000_000_000
+"""Largest flat image (pixels) the fallback reader decodes whole (~3 GB of RGB)."""
+
+
+class Reader(Protocol):
+    """What :class:`wsi.slide.Slide` needs from a back end."""
+
+    backend: str
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    properties: dict[str, str]
+
+    def associated_image_names(self) -> list[str]: ...
+
+    def associated_image(self, name: str) -> Image.Image: ...
+
+    def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        """RGB uint8 (height, width, 3); ``x, y`` in level-0 pixels, size in ``level`` pixels."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Composite non-premultiplied RGBA (openslide's output) onto a white background."""
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha[..., None].astype(np.uint16)
+    rgb = (rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return rgb.astype(np.uint8)
+
+
+class OpenSlideReader:
+    """Every format openslide reads: SVS, NDPI, MRXS, SCN, BIF, generic tiled TIFF, DICOM…"""
+
+    backend = "openslide"
+
+    def __init__(self, path: Path) -> None:
+        self._slide = openslide.OpenSlide(str(path))
+        self.level_dimensions = tuple(self._slide.level_dimensions)
+        self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
+        self.properties = dict(self._slide.properties)
+        self._path = path
+
+    def associated_image_names(self) -> list[str]:
+        return list(self._slide.associated_images.keys())
+
+    def associated_image(self, name: str) -> Image.Image:
+        return self._slide.associated_images[name].convert("RGB")
+
+    def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        try:
+            region = self._slide.read_region((int(x), int(y)), int(level), (int(width), int(height)))
+        except openslide.OpenSlideError as exc:
+            raise SlideReadError(
+                f"{self._path.name}: cannot decode region x={x} y={y} level={level} "
+                f"size={width}x{height}: {exc}. The file is damaged; re-export or re-scan it.",
+                self._path,
+            ) from exc
+        return rgba_to_rgb(np.asarray(region))
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+class FlatImageReader:
+    """Flat (single-level) TIFF, JPEG or PNG images that openslide rejects.
+
+    The image is decoded once, whole, so it is limited to :data:`FALLBACK_MAX_PIXELS`.
+    Coarser levels do not exist; thumbnails are resized from level 0. TIFF resolution tags
+    are exposed under openslide's ``tiff.*`` keys so the mpp resolution sees them.
+    """
+
+    backend = "flat-image"
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self.properties: dict[str, str] = {"openslide.vendor": "flat-image"}
+        if path.suffix.lower() in (".tif", ".tiff") or _is_tiff(path):
+            self._rgb = self._read_tiff(path)
+        else:
+            self._rgb = self._read_pil(path)
+        h, w = self._rgb.shape[:2]
+        self.level_dimensions = ((w, h),)
+        self.level_downsamples = (1.0,)
+
+    def _read_tiff(self, path: Path) -> np.ndarray:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                self._check_size(page.shape[0] * page.shape[1] if len(page.shape) >= 2 else 0)
+                tags = page.tags
+                if "XResolution" in tags and "ResolutionUnit" in tags:
+                    num, den = tags["XResolution"].value
+                    self.properties["tiff.XResolution"] = repr(num / den if den else 0.0)
+                    if "YResolution" in tags:
+                        num, den = tags["YResolution"].value
+                        self.properties["tiff.YResolution"] = repr(num / den if den else 0.0)
+                    unit = int(tags["ResolutionUnit"].value)
+                    self.properties["tiff.ResolutionUnit"] = {2: "inch", 3: "centimeter"}.get(
+                        unit, "none"
+                    )
+                if "ImageDescription" in tags:
+                    self.properties["tiff.ImageDescription"] = str(tags["ImageDescription"].value)
+                array = page.asarray()
+        except SlideOpenError:
+            raise
+        except Exception as exc:
+            raise SlideOpenError(
+                f"{path.name}: not a readable image ({type(exc).__name__}: {exc}); "
+                "check the file is complete (re-copy it) and is a slide or TIFF/JPEG/PNG.",
+                path,
+            ) from exc
+        return _to_rgb(array, path)
+
+    def _read_pil(self, path: Path) -> np.ndarray:
+        try:
+            with Image.open(path) as im:
+                self._check_size(im.width * im.height)
+                dpi = im.info.get("dpi")
+                if dpi and dpi[0] > 0:
+                    self.properties["tiff.XResolution"] = repr(float(dpi[0]))
+                    self.properties["tiff.YResolution"] = repr(float(dpi[1]))
+                    self.properties["tiff.ResolutionUnit"] = "inch"
+                rgb = np.asarray(im.convert("RGBA"))
+        except SlideOpenError:
+            raise
+        except Exception as exc:
+            raise SlideOpenError(
+                f"{path.name}: neither openslide nor the image fallback can read it "
+                f"({type(exc).__name__}: {exc}); check the file is a complete slide or image.",
+                path,
+            ) from exc
+        return rgba_to_rgb(rgb)
+
+    def _check_size(self, pixels: int) -> None:
+        if pixels > FALLBACK_MAX_PIXELS:
+            raise SlideOpenError(
+                f"{self._path.name}: a flat (non-pyramidal) image of {pixels:,} pixels is too large "
+                "to decode whole; convert it to a tiled pyramidal TIFF (e.g. `vips tiffsave "
+                "--tile --pyramid --compression jpeg`) and open that.",
+                self._path,
+            )
+
+    def associated_image_names(self) -> list[str]:
+        return []
+
+    def associated_image(self, name: str) -> Image.Image:
+        raise KeyError(name)
+
+    def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        if level != 0:
+            raise SlideReadError(f"{self._path.name}: a flat image has only level 0", self._path)
+        out = np.full((height, width, 3), 255, np.uint8)
+        h, w = self._rgb.shape[:2]
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, w), min(y + height, h)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self._rgb[y0:y1, x0:x1]
+        return out
+
+    def close(self) -> None:
+        self._rgb = np.zeros((0, 0, 3), np.uint8)
+
+
+def _is_tiff(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _to_rgb(array: np.ndarray, path: Path) -> np.ndarray:
+    """Bring a decoded TIFF page to RGB uint8 (grey, RGBA, 16-bit and planar handled)."""
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.integer):
+            raise SlideOpenError(f"{path.name}: floating-point images are not slides", path)
+        shift = max(int(np.iinfo(array.dtype).bits) - 8, 0)
+        array = (array >> shift).astype(np.uint8)
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
+    if array.shape[-1] == 4:
+        return rgba_to_rgb(array)
+    if array.ndim == 3 and array.shape[-1] == 3:
+        return np.ascontiguousarray(array)
+    raise SlideOpenError(f"{path.name}: unsupported image layout {array.shape}", path)

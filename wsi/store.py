@@ -1,0 +1,285 @@
+"""The HDF5 files: tile coords and features, in CLAM/TRIDENT's layout. The only h5py user.
+
+Layout (one file per slide):
+
+- ``coords``: int64 (N, 2) ``[x, y]`` top-left, level-0 pixels, with the tiling attributes
+  (``patch_size``, ``patch_level``, ``downsample``, ``level_dim``, ``patch_size_level0``,
+  ``target_mpp``, ``mpp_level0``, ``achieved_mpp``, ``overlap``, ``name``, …).
+- ``features`` (feature files only): float32 (N, D), row i belongs to ``coords[i]``, chunked
+  by ≥ 256 rows, attributes ``encoder``, ``weights_sha256``, ``feature_dim``.
+- ``tissue_fraction``: float32 (N,), per-tile tissue fraction (extra; CLAM ignores it).
+- root attribute ``provenance``: JSON (library version, slide path and quickhash, parameters,
+  preprocessing, dtype, timestamp).
+
+Files are written under a temporary name in the same folder and renamed into place, so a
+crash never leaves a half-written file under the final name. N = 0 is valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from wsi.errors import FeatureFileError
+
+FEATURE_CHUNK_ROWS = 256
+
+
+@dataclass
+class TileFile:
+    """What a coords or features file holds. ``features`` is None for a coords file."""
+
+    path: Path
+    coords: np.ndarray
+    coords_attrs: dict[str, Any]
+    provenance: dict[str, Any]
+    features: np.ndarray | None = None
+    features_attrs: dict[str, Any] | None = None
+    tissue_fraction: np.ndarray | None = None
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden sibling name unique to this process, for write-then-rename."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _clean_attr(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return np.asarray(value)
+    return value
+
+
+def _write_coords(
+    f: h5py.File,
+    coords: np.ndarray,
+    coords_attrs: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    tissue_fraction: np.ndarray | None,
+) -> None:
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    ds = f.create_dataset("coords", data=coords, maxshape=(None, 2))
+    for key, value in coords_attrs.items():
+        ds.attrs[key] = _clean_attr(value)
+    if tissue_fraction is not None:
+        f.create_dataset("tissue_fraction", data=np.asarray(tissue_fraction, np.float32))
+    f.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True, default=str)
+
+
+def write_coords(
+    path: str | os.PathLike[str],
+    coords: np.ndarray,
+    coords_attrs: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    tissue_fraction: np.ndarray | None = None,
+) -> Path:
+    """Write a coords file atomically and return its path."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(final)
+    try:
+        with h5py.File(tmp, "w") as f:
+            _write_coords(f, coords, coords_attrs, provenance, tissue_fraction)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+class FeatureWriter:
+    """Streams a features file: rows are written in chunks as batches arrive.
+
+    Use as a context manager; :meth:`commit` renames the file into place. Leaving the
+    block without committing (an exception) deletes the temporary file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        coords: np.ndarray,
+        coords_attrs: Mapping[str, Any],
+        provenance: Mapping[str, Any],
+        feature_dim: int,
+        feature_attrs: Mapping[str, Any],
+        tissue_fraction: np.ndarray | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = temporary_path(self.path)
+        self._n = int(np.asarray(coords).shape[0])
+        self._written = 0
+        self._file = h5py.File(self._tmp, "w")
+        _write_coords(self._file, coords, coords_attrs, provenance, tissue_fraction)
+        self._features = self._file.create_dataset(
+            "features",
+            shape=(self._n, feature_dim),
+            maxshape=(None, feature_dim),
+            dtype=np.float32,
+            chunks=(FEATURE_CHUNK_ROWS, feature_dim),
+        )
+        for key, value in feature_attrs.items():
+            self._features.attrs[key] = _clean_attr(value)
+        self._features.attrs["feature_dim"] = int(feature_dim)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Write ``rows`` (B, D) at row ``start``."""
+        rows = np.asarray(rows, dtype=np.float32)
+        self._features[start : start + rows.shape[0]] = rows
+        self._written += rows.shape[0]
+
+    def commit(self) -> Path:
+        """Close and rename into place. Every row must have been written."""
+        if self._written != self._n:
+            raise FeatureFileError(
+                f"{self.path.name}: {self._written} of {self._n} feature rows written; not committing"
+            )
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary file."""
+        if self._file.id.valid:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> FeatureWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None or self._file.id.valid:
+            self.abort()
+
+
+def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in obj.attrs.items():
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, bytes):
+            value = value.decode()
+        out[key] = value
+    return out
+
+
+def read_tile_file(path: str | os.PathLike[str], features: bool = True) -> TileFile:
+    """Read a coords or features file whole; ``features=False`` skips the feature matrix.
+
+    Raises :class:`FeatureFileError` for truncated files or a wrong layout.
+    """
+    p = Path(path)
+    try:
+        with h5py.File(p, "r") as f:
+            if "coords" not in f:
+                raise FeatureFileError(f"{p}: no 'coords' dataset; not a wsi/CLAM tile file")
+            coords = f["coords"][()]
+            if coords.ndim != 2 or coords.shape[1] != 2:
+                raise FeatureFileError(f"{p}: coords has shape {coords.shape}, expected (N, 2)")
+            result = TileFile(
+                path=p,
+                coords=coords.astype(np.int64),
+                coords_attrs=_attrs(f["coords"]),
+                provenance=json.loads(f.attrs.get("provenance", "{}")),
+                tissue_fraction=f["tissue_fraction"][()] if "tissue_fraction" in f else None,
+            )
+            if features and "features" in f:
+                feats = f["features"]
+                if feats.ndim != 2 or feats.shape[0] != coords.shape[0]:
+                    raise FeatureFileError(
+                        f"{p}: features has shape {feats.shape} but coords has "
+                        f"{coords.shape[0]} rows; delete the file and re-run `wsi embed`"
+                    )
+                result.features = feats[()].astype(np.float32, copy=False)
+                result.features_attrs = _attrs(feats)
+            return result
+    except FeatureFileError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise FeatureFileError(
+            f"{p}: unreadable HDF5 file ({exc}); it is truncated or corrupt — delete it and "
+            "re-run `wsi embed` (finished slides are skipped)"
+        ) from exc
+
+
+def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The provenance JSON of a tile file, or None when the file is missing or unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            if "coords" not in f:
+                return None
+            return json.loads(f.attrs.get("provenance", "{}"))
+    except (OSError, ValueError):
+        return None
+
+
+class FeatureBag:
+    """Lazy access to one features file: shape without reading, rows on demand."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            with h5py.File(self.path, "r") as f:
+                feats = f["features"]
+                self.shape: tuple[int, int] = (int(feats.shape[0]), int(feats.shape[1]))
+                self.encoder = str(_attrs(feats).get("encoder", ""))
+        except (OSError, KeyError) as exc:
+            raise FeatureFileError(
+                f"{self.path}: not a readable features file ({exc}); delete it and re-run "
+                "`wsi embed`"
+            ) from exc
+
+    @property
+    def feature_dim(self) -> int:
+        """D, the width of each feature row."""
+        return self.shape[1]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def load(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """float32 (N, D), or only ``rows`` (sorted indices) when given."""
+        try:
+            with h5py.File(self.path, "r") as f:
+                feats = f["features"]
+                data = feats[()] if rows is None else feats[np.sort(rows)]
+        except OSError as exc:
+            raise FeatureFileError(f"{self.path}: read failed ({exc}); re-run `wsi embed`") from exc
+        return data.astype(np.float32, copy=False)
+
+    def coords(self) -> np.ndarray:
+        """int64 (N, 2) level-0 top-left coordinates."""
+        with h5py.File(self.path, "r") as f:
+            return f["coords"][()].astype(np.int64)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete ``.{name}.tmp-{pid}`` files left by processes that no longer run (a killed
+    run); return what was removed. Files of live processes are left alone."""
+    removed = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for tmp in root.glob(".*.tmp-*"):
+        pid_text = tmp.name.rsplit(".tmp-", 1)[-1]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # the writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed

@@ -1,0 +1,204 @@
+"""Tile grids at an exact physical scale over a slide's tissue.
+
+A tile of ``size`` px at ``mpp`` µm/px covers ``size * mpp`` µm on every scanner: its
+level-0 extent is ``size * mpp / slide.mpp`` pixels (a float), reads are planned at the
+coarsest level still at or finer than ``mpp``, and the sub-pixel box is resampled to
+``size`` px. Coordinates are level-0 top-left ``[x, y]`` (int64), as CLAM and TRIDENT use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from wsi.errors import InvalidParameterError, SlideTooSmallError
+from wsi.slide import Slide
+from wsi.tissue import TissueMask, detect_tissue
+
+
+@dataclass
+class TileGrid:
+    """Square tiles over one slide. Iterating yields RGB uint8 (size, size, 3) patches.
+
+    Attributes:
+        slide: the slide the tiles come from.
+        coords: int64 (N, 2) ``[x, y]`` top-left in level-0 pixels.
+        tissue_fraction: float32 (N,) fraction of each tile covered by the tissue mask.
+        size: tile side in output pixels.
+        mpp: µm per output pixel (the requested scale, achieved exactly up to float noise).
+        overlap: pixels (at ``mpp``) shared by neighbouring tiles.
+        level: pyramid level the pixels are read from.
+        min_tissue: tiles with a smaller tissue fraction were dropped.
+        mask: the tissue mask used, if any.
+    """
+
+    slide: Slide
+    coords: np.ndarray
+    tissue_fraction: np.ndarray
+    size: int
+    mpp: float
+    overlap: int
+    level: int
+    min_tissue: float
+    mask: TissueMask | None = field(default=None, repr=False)
+
+    @property
+    def tile_size_um(self) -> float:
+        """Side of a tile in µm."""
+        return self.size * self.mpp
+
+    @property
+    def size_level0(self) -> float:
+        """Side of a tile in level-0 pixels (exact, not rounded)."""
+        return self.tile_size_um / self.slide.mpp
+
+    @property
+    def stride_level0(self) -> float:
+        """Distance between neighbouring tiles in level-0 pixels."""
+        return (self.size - self.overlap) * self.mpp / self.slide.mpp
+
+    @property
+    def level_downsample(self) -> float:
+        """Downsample of the read level relative to level 0."""
+        return self.slide.level_downsamples[self.level]
+
+    @property
+    def patch_size_level(self) -> int:
+        """Tile side in pixels of the read level, rounded (CLAM's ``patch_size``)."""
+        return round(self.size_level0 / self.level_downsample)
+
+    @property
+    def achieved_mpp(self) -> float:
+        """µm per output pixel actually produced (equals ``mpp``: the box is exact)."""
+        return self.size_level0 * self.slide.mpp / self.size
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+    def read(self, i: int) -> np.ndarray:
+        """Tile ``i`` as RGB uint8 (size, size, 3)."""
+        x, y = self.coords[i]
+        return self.slide.read_patch(float(x), float(y), self.size_level0, self.size, self.level)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self.read(i)
+
+    def attrs(self) -> dict[str, Any]:
+        """HDF5 attributes of the ``coords`` dataset (CLAM and TRIDENT names, plus µm)."""
+        level_w, level_h = self.slide.level_dimensions[self.level]
+        w0, h0 = self.slide.dimensions
+        return {
+            "patch_size": self.patch_size_level,
+            "patch_level": self.level,
+            "downsample": [self.level_downsample, self.level_downsample],
+            "level_dim": [level_w, level_h],
+            "level0_width": w0,
+            "level0_height": h0,
+            "patch_size_level0": round(self.size_level0),
+            "target_patch_size": self.size,
+            "tile_size_um": self.tile_size_um,
+            "target_mpp": self.mpp,
+            "mpp_level0": self.slide.mpp,
+            "mpp_source": self.slide.mpp_source or "",
+            "achieved_mpp": self.achieved_mpp,
+            "overlap": self.overlap,
+            "min_tissue": self.min_tissue,
+            "name": self.slide.slide_id,
+        }
+
+    def params(self) -> dict[str, Any]:
+        """The tiling parameters that decide the grid (for provenance and skip-done)."""
+        return {
+            "mpp": self.mpp,
+            "size": self.size,
+            "overlap": self.overlap,
+            "min_tissue": self.min_tissue,
+            "mpp_level0": self.slide.mpp,
+            "mpp_source": self.slide.mpp_source,
+        }
+
+
+def check_tiling_params(mpp: float, size: int, overlap: int, min_tissue: float) -> None:
+    """Raise :class:`InvalidParameterError` for out-of-range tiling parameters."""
+    if not (isinstance(mpp, int | float) and math.isfinite(mpp) and 0 < mpp <= 100):
+        raise InvalidParameterError(
+            f"tile mpp must be a µm/px value in (0, 100], got {mpp!r} (0.5 ≈ 20x, 0.25 ≈ 40x)"
+        )
+    if not (isinstance(size, int | np.integer) and size >= 1):
+        raise InvalidParameterError(f"tile size must be a positive number of pixels, got {size!r}")
+    if not (isinstance(overlap, int | np.integer) and 0 <= overlap < size):
+        raise InvalidParameterError(
+            f"overlap must be in [0, size) = [0, {size}) pixels, got {overlap!r}"
+        )
+    if not (0.0 <= min_tissue <= 1.0):
+        raise InvalidParameterError(f"min_tissue must be a fraction in [0, 1], got {min_tissue!r}")
+
+
+def grid_positions(length: float, extent: float, stride: float) -> np.ndarray:
+    """Top-left level-0 positions (int64) of tiles of ``extent`` every ``stride`` that fit in
+    ``length`` pixels."""
+    if length < extent:
+        return np.zeros(0, np.int64)
+    n = math.floor((length - extent) / stride + 1e-9) + 1
+    return np.round(np.arange(n) * stride).astype(np.int64)
+
+
+def tile(
+    slide: Slide,
+    mpp: float = 0.5,
+    size: int = 224,
+    overlap: int = 0,
+    min_tissue: float = 0.5,
+    mask: TissueMask | None = None,
+) -> TileGrid:
+    """A grid of ``size``-px tiles at ``mpp`` µm/px over the slide's tissue.
+
+    Args:
+        slide: an open slide with a known mpp (pass ``mpp=`` to :func:`wsi.open_slide`).
+        mpp: target µm per pixel of the tiles (0.5 ≈ 20x).
+        size: tile side in pixels at ``mpp``.
+        overlap: pixels at ``mpp`` shared by neighbouring tiles.
+        min_tissue: tiles whose tissue fraction is below this are dropped (0 keeps all).
+        mask: a tissue mask; detected with :func:`wsi.detect_tissue` defaults when None.
+
+    Raises:
+        InvalidParameterError: mpp, size, overlap or min_tissue out of range.
+        MissingMppError: the slide's scale is unknown.
+        SlideTooSmallError: the slide is smaller than one tile.
+    """
+    check_tiling_params(mpp, size, overlap, min_tissue)
+    slide_mpp = slide.mpp
+    size_level0 = size * mpp / slide_mpp
+    stride = (size - overlap) * mpp / slide_mpp
+    w0, h0 = slide.dimensions
+    xs = grid_positions(w0, size_level0, stride)
+    ys = grid_positions(h0, size_level0, stride)
+    if xs.size == 0 or ys.size == 0:
+        raise SlideTooSmallError(
+            f"{slide.name}: the slide is {w0}x{h0} px = {w0 * slide_mpp:.0f}x{h0 * slide_mpp:.0f} µm, "
+            f"smaller than one {size}-px tile at {mpp:g} µm/px ({size * mpp:.0f} µm); "
+            "use a smaller --size or --mpp",
+            slide.path,
+        )
+    gx, gy = np.meshgrid(xs, ys)
+    coords = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.int64)
+    if mask is None:
+        mask = detect_tissue(slide)
+    fraction = mask.fraction_in_boxes(coords, size_level0).astype(np.float32)
+    keep = fraction >= min_tissue if min_tissue > 0 else np.ones(len(coords), bool)
+    return TileGrid(
+        slide=slide,
+        coords=np.ascontiguousarray(coords[keep]),
+        tissue_fraction=fraction[keep],
+        size=int(size),
+        mpp=float(mpp),
+        overlap=int(overlap),
+        level=slide.best_level_for_mpp(mpp),
+        min_tissue=float(min_tissue),
+        mask=mask,
+    )

@@ -1,0 +1,539 @@
+"""Tissue masks: which parts of a slide hold tissue, found on a low-resolution thumbnail.
+
+The mask is computed at about ``mask_mpp`` µm per mask pixel (8 µm/px by default), so a
+100k x 80k px slide at 0.25 µm/px gives a ~3k x 2.5k mask. Tissue is what is coloured
+(HSV saturation above an Otsu threshold held within fixed bounds, so that glass alone
+never yields tissue) or very dark; pen ink (green, blue, black) is removed by hue and
+value rules; the mask is cleaned by closing and opening with radii in µm, fragments below
+a minimum area are dropped and holes below a minimum area are filled (larger holes stay
+out of the mask).
+
+Coordinates leaving this module are level-0 pixels ``(x, y)``: mask pixel ``(row, col)``
+covers level-0 ``[col * downsample, (col + 1) * downsample)`` in x, likewise in y.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+from skimage.measure import approximate_polygon, find_contours
+
+from wsi.errors import InvalidParameterError, SlideReadError
+from wsi.geojson import feature_collection, polygon_feature
+
+DEFAULT_MASK_MPP = 8.0
+"""µm per mask pixel aimed at when the slide's mpp is known; also the scale assumed for
+converting µm sizes to mask pixels when it is not."""
+
+NO_MPP_LONG_SIDE = 2048
+"""Long side (mask pixels) of the mask of a slide whose mpp is unknown."""
+
+DEFAULT_MIN_TISSUE_AREA_UM2 = 20_000.0
+"""Tissue fragments smaller than this (µm², ~0.02 mm², ~141 µm square) are dropped."""
+
+DEFAULT_MIN_HOLE_AREA_UM2 = 20_000.0
+"""Holes inside tissue smaller than this (µm²) are filled; larger ones stay out of the mask."""
+
+MIN_SATURATION_THRESHOLD = 0.05
+"""Floor on the Otsu saturation threshold: white-balanced glass stays below it."""
+
+MAX_SATURATION_THRESHOLD = 0.15
+"""Ceiling on the Otsu threshold, so that pale stroma is kept when a slide is all tissue
+(Otsu then splits pink from purple instead of tissue from glass)."""
+
+DARK_VALUE = 0.3
+"""Pixels whose brightest channel is below this fraction of white absorb strongly: tissue
+(folds, dense stain) unless ``remove_pen``, which treats them as black ink."""
+
+BLUE_PEN_MIN_SATURATION = 0.35
+"""Blue-cyan pixels (hue 180°-240°) more saturated than this are blue ink; IHC
+counterstain of that hue stays below ~0.3 at thumbnail scale."""
+
+_SMOOTH_RADIUS_UM = 8.0
+_PEN_MIN_RADIUS_UM = 24.0
+_PEN_MARGIN_UM = 16.0
+_GLASS_PERCENTILE = 99.0
+_GLASS_MIN_VALUE = 0.6
+_GLASS_MAX_SATURATION = 0.08
+
+
+class ThumbnailSource(Protocol):
+    """What :func:`detect_tissue` needs from a slide (``wsi.slide.Slide`` provides it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimensions(self) -> tuple[int, int]: ...
+
+    @property
+    def mpp_or_none(self) -> float | None: ...
+
+    def read_thumbnail(self, downsample: float) -> np.ndarray: ...
+
+
+@dataclass(eq=False)
+class TissueMask:
+    """A boolean tissue mask of a slide at a known downsample.
+
+    ``array`` is ``(h, w)`` bool, True = tissue; ``downsample`` is level-0 pixels per mask
+    pixel (same in x and y); ``mpp`` is µm per mask pixel (None when the slide's mpp is
+    unknown); ``level0_size`` is the slide's ``(width, height)`` in level-0 pixels.
+    The array is stored read-only (a copy of what was given). ``thumbnail`` is the RGB
+    image the mask was computed on (same shape), kept for QC pictures; ``params`` the
+    detection parameters (for provenance).
+    """
+
+    array: np.ndarray
+    downsample: float
+    mpp: float | None
+    level0_size: tuple[int, int]
+    thumbnail: np.ndarray | None = field(default=None, repr=False)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        array = np.array(self.array, dtype=bool)
+        if array.ndim != 2 or array.size == 0:
+            raise InvalidParameterError(
+                f"a tissue mask must be a non-empty 2-D array, got shape {array.shape}"
+            )
+        array.flags.writeable = False
+        self.array = array
+        self.downsample = _positive_finite(self.downsample, "downsample")
+        if self.mpp is not None:
+            self.mpp = _positive_finite(self.mpp, "mpp")
+        width, height = (int(v) for v in self.level0_size)
+        if width <= 0 or height <= 0:
+            raise InvalidParameterError(
+                f"level0_size must be positive (width, height), got {self.level0_size}"
+            )
+        self.level0_size = (width, height)
+
+    @property
+    def tissue_fraction(self) -> float:
+        """Fraction of mask pixels that are tissue, in [0, 1]."""
+        return float(np.count_nonzero(self.array)) / self.array.size
+
+    @cached_property
+    def _integral(self) -> np.ndarray:
+        """Summed-area table, shape ``(h + 1, w + 1)``, zero first row and column."""
+        dtype = np.int32 if self.array.size < 2**31 else np.int64
+        table = np.zeros((self.array.shape[0] + 1, self.array.shape[1] + 1), dtype=dtype)
+        np.cumsum(self.array, axis=0, dtype=dtype, out=table[1:, 1:])
+        np.cumsum(table[1:, 1:], axis=1, dtype=dtype, out=table[1:, 1:])
+        return table
+
+    def fraction_in_boxes(self, coords: np.ndarray, size_level0: float) -> np.ndarray:
+        """Fraction of each square box covered by tissue, ``(N,)`` float32 in [0, 1].
+
+        ``coords`` is ``(N, 2)`` top-left ``[x, y]`` in level-0 pixels and ``size_level0``
+        the box side in level-0 pixels. Mask pixels are treated as uniform squares, so
+        boxes that cut through a mask pixel get the covered part of it (exact area
+        integral of the mask). Parts of a box outside the slide count as non-tissue.
+        Vectorised over a summed-area table: 100k boxes take ~0.1 s.
+        """
+        size = _positive_finite(size_level0, "size_level0")
+        boxes = np.asarray(coords)
+        if boxes.ndim != 2 or boxes.shape[1] != 2:
+            raise InvalidParameterError(f"coords must have shape (N, 2), got {boxes.shape}")
+        if boxes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        boxes = boxes.astype(np.float64)
+        width, height = self.level0_size
+        scale = 1.0 / self.downsample
+        x0 = np.clip(boxes[:, 0], 0, width) * scale
+        x1 = np.clip(boxes[:, 0] + size, 0, width) * scale
+        y0 = np.clip(boxes[:, 1], 0, height) * scale
+        y1 = np.clip(boxes[:, 1] + size, 0, height) * scale
+        area = (
+            self._area_to(x1, y1)
+            - self._area_to(x0, y1)
+            - self._area_to(x1, y0)
+            + self._area_to(x0, y0)
+        )
+        fraction = area / (size * scale) ** 2
+        return np.clip(fraction, 0.0, 1.0).astype(np.float32)
+
+    def _area_to(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Tissue area (mask px²) in ``[0, u) x [0, v)``, ``u``/``v`` in mask pixels.
+
+        The integral of a piecewise-constant image is bilinear inside each pixel, so the
+        bilinear interpolation of the summed-area table is exact.
+        """
+        table = self._integral
+        h, w = self.array.shape
+        u = np.clip(u, 0, w)
+        v = np.clip(v, 0, h)
+        iu = np.minimum(np.floor(u).astype(np.intp), w - 1)
+        iv = np.minimum(np.floor(v).astype(np.intp), h - 1)
+        fu = u - iu
+        fv = v - iv
+        top = table[iv, iu] * (1 - fu) + table[iv, iu + 1] * fu
+        bottom = table[iv + 1, iu] * (1 - fu) + table[iv + 1, iu + 1] * fu
+        return top * (1 - fv) + bottom * fv
+
+    def polygons(self, simplify_px: float = 1.0) -> list[list[np.ndarray]]:
+        """Tissue outlines in level-0 pixels, one entry per connected tissue component.
+
+        Each entry is ``[exterior, hole, hole, ...]``; each ring is a closed ``(K, 2)``
+        float array of ``(x, y)`` level-0 coordinates (first point repeated last), the
+        exterior counter-clockwise and holes clockwise as GeoJSON wants (positive/negative
+        shoelace area in x, y). ``simplify_px`` is the Douglas-Peucker tolerance in mask
+        pixels (0 keeps every contour vertex). Components are 8-connected.
+        """
+        tolerance = float(simplify_px)
+        if not math.isfinite(tolerance) or tolerance < 0:
+            raise InvalidParameterError(f"simplify_px must be >= 0, got {simplify_px}")
+        labels, _ = ndi.label(self.array, structure=np.ones((3, 3), dtype=bool))
+        result = []
+        for index, region in enumerate(ndi.find_objects(labels), start=1):
+            if region is None:
+                continue
+            component = np.pad(labels[region] == index, 1).astype(np.uint8)
+            offset = np.array([region[0].start - 1, region[1].start - 1], dtype=np.float64)
+            rings = [
+                self._ring_to_level0(contour + offset, tolerance)
+                for contour in find_contours(component, 0.5, fully_connected="high")
+            ]
+            rings = [ring for ring in rings if len(ring) >= 4]
+            if not rings:
+                continue
+            areas = [_signed_area(ring) for ring in rings]
+            outer = int(np.argmax(np.abs(areas)))
+            exterior = rings[outer] if areas[outer] > 0 else rings[outer][::-1].copy()
+            holes = [
+                ring if area < 0 else ring[::-1].copy()
+                for i, (ring, area) in enumerate(zip(rings, areas, strict=True))
+                if i != outer and area != 0
+            ]
+            result.append([exterior, *holes])
+        return result
+
+    def _ring_to_level0(self, contour_rc: np.ndarray, tolerance: float) -> np.ndarray:
+        """A ``(row, col)`` contour in mask pixels -> closed ``(x, y)`` level-0 ring."""
+        if tolerance > 0:
+            contour_rc = approximate_polygon(contour_rc, tolerance=tolerance)
+        xy = (contour_rc[:, ::-1] + 0.5) * self.downsample
+        if len(xy) and not np.array_equal(xy[0], xy[-1]):
+            xy = np.vstack([xy, xy[:1]])
+        return xy
+
+    def to_geojson(self) -> dict[str, Any]:
+        """A GeoJSON FeatureCollection of the tissue polygons (level-0 pixels) for QuPath.
+
+        One ``annotation`` feature classified ``Tissue`` per component; holes are the
+        interior rings of its polygon.
+        """
+        features = [
+            polygon_feature(rings, object_type="annotation", classification="Tissue")
+            for rings in self.polygons()
+        ]
+        return feature_collection(features)
+
+
+def _signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of a closed ``(x, y)`` ring: > 0 counter-clockwise (y up)."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+
+
+def _positive_finite(value: float, name: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise InvalidParameterError(f"{name} must be a positive finite number, got {value!r}")
+    return number
+
+
+def _non_negative(value: float, name: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise InvalidParameterError(f"{name} must be >= 0, got {value!r}")
+    return number
+
+
+def tissue_mask_from_rgb(
+    rgb: np.ndarray,
+    *,
+    mpp: float | None = None,
+    threshold: float | None = None,
+    remove_pen: bool = True,
+    min_tissue_area_um2: float = DEFAULT_MIN_TISSUE_AREA_UM2,
+    min_hole_area_um2: float = DEFAULT_MIN_HOLE_AREA_UM2,
+    close_radius_um: float = 16.0,
+    open_radius_um: float = 8.0,
+) -> np.ndarray:
+    """Tissue mask of an RGB image (a slide thumbnail), ``(h, w)`` bool, True = tissue.
+
+    ``rgb`` is ``(h, w, 3)`` uint8 with background composited to white. ``mpp`` is µm per
+    pixel of ``rgb``; when None, µm sizes are converted as if one pixel were
+    ``DEFAULT_MASK_MPP`` µm (i.e. areas and radii are in pixels of a typical thumbnail).
+    ``threshold`` is the threshold in [0, 1] on HSV saturation (white-balanced, averaged
+    over ~24 µm); None picks it by Otsu, clamped to
+    ``[MIN_SATURATION_THRESHOLD, MAX_SATURATION_THRESHOLD]``.
+    ``remove_pen`` drops green, blue and black ink (turn it off for stains that are
+    green or blue by design, e.g. Masson's trichrome). Red ink is not recognised.
+    """
+    image = np.asarray(rgb)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
+        raise InvalidParameterError(
+            f"rgb must be a non-empty (h, w, 3) uint8 array, got {image.shape} {image.dtype}"
+        )
+    pixel_um = DEFAULT_MASK_MPP if mpp is None else _positive_finite(mpp, "mpp")
+    if threshold is not None:
+        threshold = float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise InvalidParameterError(f"threshold must be in [0, 1], got {threshold}")
+    min_tissue_px = _non_negative(min_tissue_area_um2, "min_tissue_area_um2") / pixel_um**2
+    min_hole_px = _non_negative(min_hole_area_um2, "min_hole_area_um2") / pixel_um**2
+    close_px = round(_non_negative(close_radius_um, "close_radius_um") / pixel_um)
+    open_px = round(_non_negative(open_radius_um, "open_radius_um") / pixel_um)
+
+    red, green, blue = _white_balanced(image)
+    value = np.maximum(np.maximum(red, green), blue)
+    chroma = value - np.minimum(np.minimum(red, green), blue)
+    saturation = np.divide(chroma, value, out=np.zeros_like(chroma), where=value > 0)
+    dark = value < DARK_VALUE
+    smooth_px = round(_SMOOTH_RADIUS_UM / pixel_um)
+    if smooth_px > 0:
+        saturation = ndi.uniform_filter(saturation, size=2 * smooth_px + 1, mode="nearest")
+
+    pen = np.zeros_like(dark)
+    if remove_pen:
+        pen = _pen_ink(red, green, blue, saturation, dark)
+        if pen.any():
+            pen = _open(pen, round(_PEN_MIN_RADIUS_UM / pixel_um))
+    if threshold is None:
+        usable = ~pen & ~dark
+        threshold = _otsu_saturation(saturation[::2, ::2][usable[::2, ::2]])
+    raw = ((saturation > threshold) | dark) & ~pen
+    if pen.any():
+        pen = _dilate(pen, round(_PEN_MARGIN_UM / pixel_um))
+
+    mask = _close(raw, close_px)
+    mask = _open(mask, open_px)
+    mask = _fill_small_holes(mask, min_hole_px)
+    mask &= ~pen
+    return _remove_small_objects(mask, min_tissue_px)
+
+
+def _white_balanced(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Red, green and blue planes in [0, 1] (float32), divided by the glass colour.
+
+    The glass colour is the mean of the brightest 1% of pixels; it is divided out only
+    when it looks like glass (bright and nearly grey), so an all-tissue image is left alone.
+    """
+    planes = [image[..., channel] for channel in range(3)]
+    brightness = planes[0].astype(np.uint16) + planes[1] + planes[2]
+    counts = np.bincount(brightness.ravel(), minlength=766)
+    cumulative = np.cumsum(counts)
+    cutoff = int(np.searchsorted(cumulative, cumulative[-1] * _GLASS_PERCENTILE / 100.0))
+    brightest = brightness >= cutoff
+    glass = np.array([plane[brightest].mean() for plane in planes]) / 255.0
+    glass_saturation = (glass.max() - glass.min()) / max(glass.max(), 1e-6)
+    if glass.min() < _GLASS_MIN_VALUE or glass_saturation > _GLASS_MAX_SATURATION:
+        glass = np.ones(3)
+    red, green, blue = (
+        np.minimum(plane * np.float32(1.0 / (255.0 * white)), np.float32(1.0))
+        for plane, white in zip(planes, glass, strict=True)
+    )
+    return red, green, blue
+
+
+def _pen_ink(
+    red: np.ndarray,
+    green: np.ndarray,
+    blue: np.ndarray,
+    saturation: np.ndarray,
+    dark: np.ndarray,
+) -> np.ndarray:
+    """Pixels of ink colour: green (hue 60°-180°), saturated blue (180°-240°) or black.
+
+    The caller keeps only regions wider than ~50 µm (ink strokes), so that isolated dark
+    or bluish pixels in dense tissue are not mistaken for ink.
+    """
+    green_ink = (saturation > MIN_SATURATION_THRESHOLD) & (green > red) & (green >= blue)
+    blue_ink = (saturation > BLUE_PEN_MIN_SATURATION) & (blue > green) & (green >= red)
+    return green_ink | blue_ink | dark
+
+
+def _otsu_saturation(saturation: np.ndarray) -> float:
+    """Otsu threshold of saturation values (a 1-in-4 sample), clamped to safe bounds."""
+    counts = np.bincount((saturation * 255 + 0.5).astype(np.uint8).ravel(), minlength=256)
+    if np.count_nonzero(counts) < 2:
+        return MIN_SATURATION_THRESHOLD
+    otsu = float(threshold_otsu(hist=(counts, np.arange(256) / 255.0)))
+    return min(max(otsu, MIN_SATURATION_THRESHOLD), MAX_SATURATION_THRESHOLD)
+
+
+def _disk_rectangles(radius_px: int) -> list[tuple[int, int]]:
+    """A disk of ``radius_px`` (``dx² + dy² <= r²``) as a union of centred rectangles.
+
+    Returns ``(half_width, half_height)`` pairs, one per distinct half-width.
+    """
+    rectangles = {}
+    for half_height in range(radius_px + 1):
+        rectangles[math.isqrt(radius_px**2 - half_height**2)] = half_height
+    return list(rectangles.items())
+
+
+def _or_run(mask: np.ndarray, half: int, axis: int) -> np.ndarray:
+    """OR of ``mask`` over a window ``[-half, half]`` along ``axis`` (zeros outside).
+
+    Doubling shifts: O(log half) whole-array operations.
+    """
+    if half == 0:
+        return mask
+    padding = [(0, 0), (0, 0)]
+    padding[axis] = (half, half)
+    run = np.pad(mask, padding)
+    length, covered = 2 * half + 1, 1
+    head, tail = [slice(None)] * 2, [slice(None)] * 2
+    while covered < length:
+        step = min(covered, length - covered)
+        head[axis], tail[axis] = slice(0, -step), slice(step, None)
+        run[tuple(head)] |= run[tuple(tail)]
+        covered += step
+    head[axis] = slice(0, mask.shape[axis])
+    return run[tuple(head)]
+
+
+def _dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """Binary dilation by a disk; outside the image counts as background."""
+    if radius_px <= 0:
+        return mask
+    out = np.zeros_like(mask)
+    for half_width, half_height in _disk_rectangles(radius_px):
+        out |= _or_run(_or_run(mask, half_width, axis=1), half_height, axis=0)
+    return out
+
+
+def _erode(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """Binary erosion by a disk; outside the image counts as foreground (no border loss)."""
+    if radius_px <= 0:
+        return mask
+    return ~_dilate(~mask, radius_px)
+
+
+def _open(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """Binary opening by a disk: removes parts narrower than the disk."""
+    return _dilate(_erode(mask, radius_px), radius_px)
+
+
+def _close(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """Binary closing by a disk: bridges gaps narrower than the disk."""
+    return _erode(_dilate(mask, radius_px), radius_px)
+
+
+def _remove_small_objects(mask: np.ndarray, min_area_px: float) -> np.ndarray:
+    """Drop 8-connected components with fewer than ``min_area_px`` pixels."""
+    if min_area_px <= 1:
+        return mask
+    labels, count = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return mask
+    keep = np.bincount(labels.ravel()) >= min_area_px
+    keep[0] = False
+    return keep[labels]
+
+
+def _fill_small_holes(mask: np.ndarray, min_area_px: float) -> np.ndarray:
+    """Fill 4-connected background regions not touching the border and below the area."""
+    if min_area_px <= 1:
+        return mask
+    labels, count = ndi.label(~mask)
+    if count == 0:
+        return mask
+    fill = np.bincount(labels.ravel()) < min_area_px
+    fill[0] = False
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    fill[border] = False
+    return mask | fill[labels]
+
+
+def mask_downsample(
+    level0_size: tuple[int, int],
+    mpp: float | None,
+    *,
+    mask_mpp: float = DEFAULT_MASK_MPP,
+    max_side: int = 4096,
+) -> float:
+    """Level-0 pixels per mask pixel for a slide of ``level0_size`` (width, height).
+
+    ``mask_mpp / mpp`` when ``mpp`` (µm/px at level 0) is known, else whatever gives a
+    long side of ``NO_MPP_LONG_SIDE``; never below 1 (no upsampling) and never so small
+    that the mask's long side exceeds ``max_side`` pixels.
+    """
+    mask_mpp = _positive_finite(mask_mpp, "mask_mpp")
+    if int(max_side) < 1:
+        raise InvalidParameterError(f"max_side must be >= 1 pixel, got {max_side}")
+    long_side = max(int(v) for v in level0_size)
+    if mpp is None:
+        downsample = long_side / min(NO_MPP_LONG_SIDE, int(max_side))
+    else:
+        downsample = mask_mpp / _positive_finite(mpp, "mpp")
+    return max(downsample, long_side / int(max_side), 1.0)
+
+
+def detect_tissue(
+    slide: ThumbnailSource,
+    *,
+    mask_mpp: float = DEFAULT_MASK_MPP,
+    max_side: int = 4096,
+    min_tissue_area_um2: float = DEFAULT_MIN_TISSUE_AREA_UM2,
+    min_hole_area_um2: float = DEFAULT_MIN_HOLE_AREA_UM2,
+    remove_pen: bool = True,
+    threshold: float | None = None,
+    close_radius_um: float = 16.0,
+    open_radius_um: float = 8.0,
+) -> TissueMask:
+    """Tissue mask of a slide, computed on a thumbnail at ~``mask_mpp`` µm per mask pixel.
+
+    The downsample is given by :func:`mask_downsample`. When the slide's mpp is unknown
+    the mask's long side is ~2048 px and µm sizes are converted as if a mask pixel were
+    ``mask_mpp`` µm. Other parameters are those of :func:`tissue_mask_from_rgb`.
+    A slide without tissue gives an all-False mask (``tissue_fraction == 0``).
+    """
+    slide_mpp = slide.mpp_or_none
+    downsample = mask_downsample(slide.dimensions, slide_mpp, mask_mpp=mask_mpp, max_side=max_side)
+    thumbnail = np.asarray(slide.read_thumbnail(downsample))
+    if thumbnail.ndim != 3 or thumbnail.shape[2] != 3 or thumbnail.dtype != np.uint8:
+        raise SlideReadError(
+            f"{slide.name}: thumbnail is {thumbnail.shape} {thumbnail.dtype}, expected "
+            "(h, w, 3) uint8; the slide reader is at fault, please report it",
+            path=slide.name,
+        )
+    mask_mpp_actual = None if slide_mpp is None else slide_mpp * downsample
+    array = tissue_mask_from_rgb(
+        thumbnail,
+        mpp=mask_mpp if mask_mpp_actual is None else mask_mpp_actual,
+        threshold=threshold,
+        remove_pen=remove_pen,
+        min_tissue_area_um2=min_tissue_area_um2,
+        min_hole_area_um2=min_hole_area_um2,
+        close_radius_um=close_radius_um,
+        open_radius_um=open_radius_um,
+    )
+    return TissueMask(
+        array=array,
+        downsample=downsample,
+        mpp=mask_mpp_actual,
+        level0_size=tuple(slide.dimensions),
+        thumbnail=thumbnail,
+        params={
+            "method": "saturation-otsu",
+            "mask_mpp": mask_mpp,
+            "downsample": downsample,
+            "min_tissue_area_um2": min_tissue_area_um2,
+            "min_hole_area_um2": min_hole_area_um2,
+            "remove_pen": remove_pen,
+            "threshold": threshold,
+            "close_radius_um": close_radius_um,
+            "open_radius_um": open_radius_um,
+        },
+    )
