@@ -15,6 +15,7 @@ attention-MIL heads. The notebook API::
 
 from typing import Any
 
+from wsi.cohort import BagSequence, Cohort, load_cohort, read_labels
 from wsi.errors import (
     FeatureFileError,
     InvalidMppError,
@@ -46,6 +47,8 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BagSequence",
+    "Cohort",
     "FeatureFileError",
     "InvalidMppError",
     "InvalidParameterError",
@@ -64,6 +67,8 @@ __all__ = [
     "detect_tissue",
     "embed",
     "embed_archive",
+    "load_cohort",
+    "read_labels",
     "open_slide",
     "tile",
 ]
