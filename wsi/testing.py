@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +33,18 @@ import numpy as np
 import tifffile
 
 from wsi.errors import InvalidParameterError
+
+__all__ = [
+    "GLASS",
+    "THUMBNAIL_MAX_SIDE",
+    "Painter",
+    "PenMark",
+    "Region",
+    "render",
+    "tissue_fraction",
+    "write_flat_image",
+    "write_slide",
+]
 
 RGB = tuple[int, int, int]
 Painter = Callable[[int, int, int, int, int], np.ndarray]
@@ -59,6 +71,11 @@ _LABEL_SIZE_PX = 256
 _WORKERS = min(4, os.cpu_count() or 1)
 _TILES_AHEAD = 8 * _WORKERS
 _MACRO_MAX_SIDE = 512
+# tifffile keywords: JPEG in YCbCr with 2x2 chroma subsampling; no tifffile JSON metadata.
+_JPEG = {"compression": "jpeg", "photometric": "rgb", "subsampling": (2, 2)}
+_PLAIN = {"metadata": None, "software": "wsi.testing"}
+# Uncompressed pixels bound the JPEG file: past ~4 GiB (less headroom), offsets need BigTIFF.
+_BIGTIFF_ABOVE_BYTES = 2**32 - 2**26
 
 
 @dataclass(frozen=True)
@@ -146,25 +163,31 @@ class PenMark:
         return (px - t * vx) ** 2 + (py - t * vy) ** 2 < (self.width / 2) ** 2
 
 
+@lru_cache(maxsize=64)
+def _texture_components(seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Angular frequencies (rad/px) and phases, (2, K) for x and y, and the unit-std scale."""
+    rng = np.random.default_rng(seed)
+    lo, hi = np.log(_TEXTURE_WAVELENGTHS_PX)
+    omega = 2 * np.pi / np.exp(rng.uniform(lo, hi, size=(2, _TEXTURE_COMPONENTS)))
+    phase = rng.uniform(0.0, 2 * np.pi, size=(2, _TEXTURE_COMPONENTS))
+    # Level-0 variance of each product term: (sinc attenuation of a 1-px box)^2 / 4.
+    atten = np.sinc(omega / (2 * np.pi)) ** 2
+    return omega, phase, float(1.0 / np.sqrt(np.sum(atten[0] * atten[1]) / 4))
+
+
 def _texture_window(seed: int, x0: int, y0: int, w: int, h: int, d: int) -> np.ndarray:
     """Unit-std texture, float32 (h, w): exact mean over each pixel's level-0 footprint.
 
     The texture is a sum of separable sinusoid products with seeded wavelengths (3-48 px)
     and phases, so its box mean over any footprint is analytic and levels agree exactly.
     """
-    rng = np.random.default_rng(seed)
-    lo, hi = np.log(_TEXTURE_WAVELENGTHS_PX)
-    omega = 2 * np.pi / np.exp(rng.uniform(lo, hi, size=(2, _TEXTURE_COMPONENTS)))
-    phase = rng.uniform(0.0, 2 * np.pi, size=(2, _TEXTURE_COMPONENTS))
+    omega, phase, scale = _texture_components(seed)
 
     def box_means(start: int, n: int, om: np.ndarray, ph: np.ndarray) -> np.ndarray:
         a = (start + np.arange(n, dtype=np.float64) * d)[None, :]
         om, ph = om[:, None], ph[:, None]
         return (np.cos(om * a + ph) - np.cos(om * (a + d) + ph)) / (om * d)
 
-    # Level-0 variance of each product term: (sinc attenuation of a 1-px box)^2 / 4.
-    atten = np.sinc(omega / (2 * np.pi)) ** 2
-    scale = 1.0 / np.sqrt(np.sum(atten[0] * atten[1]) / 4)
     along_x = box_means(x0, w, omega[0], phase[0])
     along_y = box_means(y0, h, omega[1], phase[1])
     return (scale * along_y.T @ along_x).astype(np.float32)
@@ -185,6 +208,15 @@ def _pixel_centres(x0: int, y0: int, w: int, h: int, d: int) -> tuple[np.ndarray
     cx = x0 + (np.arange(w, dtype=np.float64) + 0.5) * d
     cy = y0 + (np.arange(h, dtype=np.float64) + 0.5) * d
     return cx, cy
+
+
+@lru_cache(maxsize=8)
+def _glass_tile(background: RGB, h: int, w: int) -> np.ndarray:
+    """A read-only (h, w, 3) uint8 tile of one colour, shared by every empty window."""
+    tile = np.empty((h, w, 3), dtype=np.uint8)
+    tile[:] = background
+    tile.flags.writeable = False
+    return tile
 
 
 def _packed(color: Sequence[int]) -> int:
@@ -224,11 +256,13 @@ def _paint_regions(
 
     Paints on packed uint32 pixels, so masked writes move one word per pixel.
     """
-    canvas = np.full((h, w), _packed(background), dtype=np.uint32)
     cx, cy = _pixel_centres(x0, y0, w, h, d)
+    windows = [(region, _window_slices(region.bbox, cx, cy)) for region in regions]
+    if all(window is None for _, window in windows):
+        return _glass_tile(background, h, w)
+    canvas = np.full((h, w), _packed(background), dtype=np.uint32)
     texture = None
-    for region in regions:
-        window = _window_slices(region.bbox, cx, cy)
+    for region, window in windows:
         if window is None:
             continue
         rows, cols = window
@@ -256,15 +290,12 @@ def _paint(
             f"painter({x0}, {y0}, {w}, {h}, {d}) returned {out.dtype} {out.shape}; "
             f"it must return uint8 of shape ({h}, {w}, 3)"
         )
-    if not pen_marks:
-        return out
-    out = out.copy() if not out.flags.writeable else out
     cx, cy = _pixel_centres(x0, y0, w, h, d)
-    for mark in pen_marks:
-        window = _window_slices(mark.bbox, cx, cy)
-        if window is not None:
-            rows, cols = window
-            out[rows, cols][mark.mask(cx[cols], cy[rows])] = mark.color
+    strokes = [(m, window) for m in pen_marks if (window := _window_slices(m.bbox, cx, cy))]
+    if strokes:
+        out = out.copy()  # the painter's array may be shared (a cached glass tile)
+    for mark, (rows, cols) in strokes:
+        out[rows, cols][mark.mask(cx[cols], cy[rows])] = mark.color
     return out
 
 
@@ -285,8 +316,8 @@ def render(
     ``(x0, y0)`` is the window's top-left in level-0 pixels; ``width``/``height`` are output
     pixels at ``downsample`` (each covers ``downsample`` x ``downsample`` level-0 pixels).
     """
-    painter = partial(_paint_regions, tuple(regions), background, seed)
-    return _paint(painter, pen_marks, x0, y0, width, height, downsample)
+    painter = partial(_paint_regions, tuple(regions), tuple(background), seed)
+    return np.array(_paint(painter, pen_marks, x0, y0, width, height, downsample))
 
 
 def tissue_fraction(
@@ -307,13 +338,17 @@ def tissue_fraction(
         raise InvalidParameterError(f"box must be > 0 px, got {width} x {height}")
     cx, cy = _pixel_centres(x, y, width, height, 1)
     tissue = np.zeros((height, width), dtype=bool)
-    for shapes, is_tissue in ((regions, None), (pen_marks, False)):
-        for shape in shapes:
-            window = _window_slices(shape.bbox, cx, cy)
-            if window is not None:
-                rows, cols = window
-                value = not shape.hole if is_tissue is None else is_tissue
-                tissue[rows, cols][shape.mask(cx[cols], cy[rows])] = value
+
+    def paint(shape: Region | PenMark, value: bool) -> None:
+        window = _window_slices(shape.bbox, cx, cy)
+        if window is not None:
+            rows, cols = window
+            tissue[rows, cols][shape.mask(cx[cols], cy[rows])] = value
+
+    for region in regions:
+        paint(region, not region.hole)
+    for mark in pen_marks:
+        paint(mark, False)
     return float(tissue.mean())
 
 
@@ -377,10 +412,10 @@ class _TileEncoder:
         self._flat: dict[bytes, bytes] = {}
 
     def __call__(self, rgb: np.ndarray) -> bytes:
-        first = rgb[0, 0]
-        if not (rgb == first).all():
+        flat = np.ascontiguousarray(rgb).reshape(-1)
+        if not np.array_equal(flat[3:], flat[:-3]):  # every pixel equals its left neighbour
             return self._encode(rgb)
-        key = first.tobytes()
+        key = flat[:3].tobytes()
         if key not in self._flat:
             self._flat[key] = self._encode(rgb)
         return self._flat[key]
@@ -437,10 +472,6 @@ def _resolution_tags(mpp: float | None, downsample: float) -> dict:
         return {"resolution": (1, 1), "resolutionunit": "NONE"}
     pixels_per_cm = 1e4 / (mpp * downsample)
     return {"resolution": (pixels_per_cm, pixels_per_cm), "resolutionunit": "CENTIMETER"}
-
-
-_JPEG = {"compression": "jpeg", "photometric": "rgb", "subsampling": (2, 2)}
-_PLAIN = {"metadata": None, "software": "wsi.testing"}
 
 
 def _label_image() -> np.ndarray:
@@ -510,12 +541,11 @@ def write_slide(
     if associated_images and flavour != "svs":
         raise InvalidParameterError("associated_images needs flavour='svs'")
     levels = _level_sizes(width, height, downsamples)
-    source = painter or partial(_paint_regions, tuple(regions), background, seed)
+    source = painter or partial(_paint_regions, tuple(regions), tuple(background), seed)
     paint = partial(_paint, source, tuple(pen_marks))
     encode = _TileEncoder(jpeg_quality)
     svs = flavour == "svs"
-    # Uncompressed size bounds the JPEG size: past 4 GiB, offsets need BigTIFF.
-    bigtiff = sum(w * h * 3 for _, w, h in levels) >= 2**32 - 2**26
+    bigtiff = sum(w * h * 3 for _, w, h in levels) >= _BIGTIFF_ABOVE_BYTES
     full = f"{width}x{height} [0,0 {width}x{height}] ({tile_size}x{tile_size})"
     path = Path(path)
     try:
