@@ -146,13 +146,15 @@ class Encoder:
     ) -> Encoder:
         """This encoder in eval mode on ``device`` (None: cuda > mps > cpu) at ``precision``.
 
-        ``precision="auto"``: bf16 (or fp16) on CUDA, bf16 on CPUs with native bf16
-        (AVX512-BF16/AMX), else fp32. ``channels_last`` None: on for CUDA only (it was
-        slower on an AVX2 CPU, see benchmarks/encoders.py).
+        The module is moved, not copied. ``precision="auto"``: bf16 (or fp16) on CUDA,
+        bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32 (emulated bf16 was 10x
+        slower on an AVX2 CPU). ``channels_last`` None: on for CUDA and CPU (fp32 on an AVX2
+        CPU: 1.7-3x faster for EfficientNet-Lite0, 1.35x for ResNet-50, neutral for ViT;
+        see benchmarks/encoders.py), off for MPS.
         """
         target = resolve_device(device)
         resolved = resolve_precision(precision, target)
-        use_channels_last = target.type == "cuda" if channels_last is None else channels_last
+        use_channels_last = target.type != "mps" if channels_last is None else channels_last
         memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
         module = self.module.to(device=target, memory_format=memory_format).eval()
         return dataclasses.replace(
@@ -174,12 +176,13 @@ def encoder_from_module(
     interpolation: str = "bilinear",
     weights_sha256: str | None = None,
     weights_source: str = "user module",
-    device: str | torch.device | None = "cpu",
-    precision: Precision = "fp32",
+    device: str | torch.device | None = None,
+    precision: Precision = "auto",
 ) -> Encoder:
     """Wrap your own ``module`` (image ``(B, 3, S, S)`` -> ``(B, feature_dim)``) as an Encoder.
 
     ``input_size`` is S in pixels; ``mean``/``std`` normalise RGB scaled to [0, 1].
+    ``device``/``precision`` as in :func:`load_encoder`.
     """
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}")
@@ -232,7 +235,7 @@ def load_encoder(
     ``timm.create_model`` (e.g. ``init_values`` of a ViT). See the module docstring for
     names and :meth:`Encoder.placed` for ``precision``/``channels_last``.
     """
-    if weights is not None and str(weights) != RANDOM_WEIGHTS and not Path(weights).is_file():
+    if _is_file(weights) and not Path(weights).is_file():
         raise EncoderWeightsError(f"weights file not found: {weights}; pass an existing file")
     kwargs = dict(model_kwargs or {})
     if name in _REGISTRY:
@@ -400,10 +403,11 @@ def _efficientnet_lite0(weights: Weights, model_kwargs: Mapping[str, Any]) -> En
         state = load_state_dict(weights)
         if "_conv_stem.weight" in state:  # efficientnet_pytorch layout: same tensors, other names
             state = _by_position(state, model, str(weights))
+        model.reset_classifier(0)
         load_weights_into(model, state, str(weights), ignore_prefixes=("classifier",))
         sha, source = sha256_file(weights), str(Path(weights).resolve())
     model.reset_classifier(0)
-    return _timm_features_encoder(model, "efficientnet_lite0", sha, source)
+    return _timm_features_encoder(model, "efficientnet_lite0", sha, source, model_kwargs)
 
 
 def _resnet50_trunc(weights: Weights, model_kwargs: Mapping[str, Any]) -> Encoder:
@@ -431,7 +435,7 @@ def _timm_encoder(name: str, weights: Weights, model_kwargs: Mapping[str, Any]) 
         load_weights_into(
             model, load_state_dict(weights), str(weights), _classifier_prefixes(model)
         )
-    return _timm_features_encoder(model, name, sha, source)
+    return _timm_features_encoder(model, name, sha, source, model_kwargs)
 
 
 def _hf_hub_encoder(name: str, weights: Weights, model_kwargs: Mapping[str, Any]) -> Encoder:
@@ -456,7 +460,7 @@ def _hf_hub_encoder(name: str, weights: Weights, model_kwargs: Mapping[str, Any]
         sha, source = sha256_file(weights), str(Path(weights).resolve())
     else:
         sha, source = None, RANDOM_WEIGHTS
-    return _timm_features_encoder(model, name, sha, source)
+    return _timm_features_encoder(model, name, sha, source, model_kwargs)
 
 
 def _timm_model(
@@ -486,8 +490,15 @@ def _timm_model(
     return model, _hub_cached_sha256(model), f"hf-hub:{hub_id}" if hub_id else f"timm:{arch}"
 
 
-def _timm_features_encoder(model: nn.Module, name: str, sha: str | None, source: str) -> Encoder:
-    data = timm.data.resolve_data_config({}, model=model)
+def _timm_features_encoder(
+    model: nn.Module, name: str, sha: str | None, source: str, model_kwargs: Mapping[str, Any]
+) -> Encoder:
+    """Pooled-feature encoder of a timm model (classifier already removed)."""
+    args = {}
+    if "img_size" in model_kwargs:  # a ViT built for another input size than its weights
+        size = model_kwargs["img_size"]
+        args["input_size"] = (3, *size) if isinstance(size, tuple | list) else (3, size, size)
+    data = timm.data.resolve_data_config(args, model=model)
     dim = getattr(model, "head_hidden_size", None) or model.num_features
     return _from_data_config(model, name, int(dim), data, sha, source)
 

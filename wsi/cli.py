@@ -62,6 +62,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_embed)
 
+    p = sub.add_parser("train", help="cross-validate + fit a MIL head: metrics.json, model.pt")
+    p.add_argument("--features", required=True, type=Path, help="OUT/features/<encoder> folder")
+    p.add_argument("--labels", required=True, type=Path, help="CSV with slide_id[, patient_id]")
+    p.add_argument("--out", required=True, type=Path, help="run folder")
+    p.add_argument("--model", default="abmil", choices=["abmil", "clam_sb", "transmil", "meanpool"])
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--classify", action="append", default=[], metavar="COL",
+                   help="a categorical target column (repeatable)")
+    p.add_argument("--regress", nargs="+", action="extend", default=[], metavar="COL",
+                   help="continuous target column(s)")
+    p.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping)")
+    p.add_argument("--max-tiles", type=int, default=None, help="subsample bags while training")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="apply a trained MIL head to a features folder")
+    p.add_argument("--checkpoint", required=True, type=Path, help="RUN/model.pt")
+    p.add_argument("--features", required=True, type=Path, help="OUT/features/<encoder> folder")
+    p.add_argument("--out", required=True, type=Path, help="predictions CSV")
+    p.add_argument("--attention", type=Path, default=None, help="folder for per-tile attention")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("heatmap", help="attention overlay, tile GeoJSON and top tiles of a slide")
+    p.add_argument("--checkpoint", required=True, type=Path, help="RUN/model.pt")
+    p.add_argument("--slide", required=True, type=Path, help="the slide file")
+    p.add_argument("--features", required=True, type=Path, help="its features .h5")
+    p.add_argument("--out", required=True, type=Path, help="PNG path")
+    p.add_argument("--slide-mpp", type=float, default=None, help="level-0 µm/px override")
+    p.set_defaults(func=cmd_heatmap)
+
     p = sub.add_parser("demo", help="the whole pipeline on a built-in synthetic cohort, offline")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     p.set_defaults(func=cmd_demo)
@@ -104,6 +136,42 @@ def cmd_embed(args: argparse.Namespace) -> int:
         progress=not args.quiet, debug=args.debug, skip_done=not args.redo,
     )
     return _finish(rows, args.out)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``wsi train``: cross-validation metrics, out-of-fold predictions, the final model."""
+    from models.training import TrainConfig
+    from wsi.finetune import train_run
+
+    config = TrainConfig(epochs=args.epochs, max_tiles=args.max_tiles, seed=args.seed)
+    cv, cohort = train_run(
+        args.features, args.labels, args.out, classify=args.classify, regress=args.regress,
+        arch=args.model, folds=args.folds, config=config, progress=not args.quiet,
+    )
+    print(cohort.report())
+    print(cv.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"-> {args.out}/metrics.json, predictions.csv, model.pt")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``wsi predict``: one row of predictions per slide of a features folder."""
+    from wsi.finetune import predict_run
+
+    frame = predict_run(args.checkpoint, args.features, args.out, attention_dir=args.attention,
+                        progress=not args.quiet)
+    print(f"{len(frame)} slides predicted -> {args.out}")
+    return EXIT_OK
+
+
+def cmd_heatmap(args: argparse.Namespace) -> int:
+    """``wsi heatmap``: attention pictures of one slide."""
+    from wsi.finetune import heatmap_run
+
+    for path in heatmap_run(args.checkpoint, args.slide, args.features, args.out,
+                            slide_mpp=args.slide_mpp):
+        print(path)
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
