@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on a built-in synthetic cohort, offline")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
+    p.add_argument("--slides", type=int, default=24, help="synthetic slides (default 24)")
+    p.add_argument("--seed", type=int, default=0, help="cohort and training seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -175,12 +178,14 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``wsi demo``: the synthetic-cohort walkthrough."""
-    print(
-        "wsi demo will write a synthetic slide cohort, tile it, embed it with "
-        "EfficientNet-Lite0, cross-validate an attention-MIL head and draw heatmaps "
-        f"into {args.out}/. It is not built yet; run `wsi tile` on your slides meanwhile."
-    )
+    """``wsi demo``: the synthetic-cohort walkthrough, offline."""
+    from wsi.demo import run_demo
+    from wsi.errors import InvalidParameterError
+
+    if args.slides < 8:
+        raise InvalidParameterError("--slides must be at least 8 (4 folds x 2 patients per type)")
+    result = run_demo(args.out, n_slides=args.slides, seed=args.seed, progress=not args.quiet)
+    print(result.summary())
     return EXIT_OK
 
 

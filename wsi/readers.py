@@ -36,7 +36,21 @@ class Reader(Protocol):
         """RGB uint8 (height, width, 3); ``x, y`` in level-0 pixels, size in ``level`` pixels."""
         ...
 
+    def read_region_image(
+        self, x: int, y: int, level: int, width: int, height: int
+    ) -> Image.Image:
+        """The same region as an RGB PIL image (saves copies when PIL resizes it next)."""
+        ...
+
     def close(self) -> None: ...
+
+
+def rgba_image_to_rgb(image: Image.Image) -> Image.Image:
+    """Composite an RGBA PIL image onto white; opaque images are only converted."""
+    if image.getextrema()[3][0] == 255:
+        return image.convert("RGB")
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, image).convert("RGB")
 
 
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
@@ -68,15 +82,22 @@ class OpenSlideReader:
         return self._slide.associated_images[name].convert("RGB")
 
     def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        return rgba_to_rgb(np.asarray(self._read_rgba(x, y, level, width, height)))
+
+    def read_region_image(
+        self, x: int, y: int, level: int, width: int, height: int
+    ) -> Image.Image:
+        return rgba_image_to_rgb(self._read_rgba(x, y, level, width, height))
+
+    def _read_rgba(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
         try:
-            region = self._slide.read_region((int(x), int(y)), int(level), (int(width), int(height)))
+            return self._slide.read_region((int(x), int(y)), int(level), (int(width), int(height)))
         except openslide.OpenSlideError as exc:
             raise SlideReadError(
                 f"{self._path.name}: cannot decode region x={x} y={y} level={level} "
                 f"size={width}x{height}: {exc}. The file is damaged; re-export or re-scan it.",
                 self._path,
             ) from exc
-        return rgba_to_rgb(np.asarray(region))
 
     def close(self) -> None:
         self._slide.close()
@@ -179,6 +200,11 @@ class FlatImageReader:
         if x1 > x0 and y1 > y0:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = self._rgb[y0:y1, x0:x1]
         return out
+
+    def read_region_image(
+        self, x: int, y: int, level: int, width: int, height: int
+    ) -> Image.Image:
+        return Image.fromarray(self.read_region(x, y, level, width, height))
 
     def close(self) -> None:
         self._rgb = np.zeros((0, 0, 3), np.uint8)

@@ -180,15 +180,12 @@ class Slide:
         ix, iy = math.floor(lx), math.floor(ly)
         iw = math.ceil(lx + extent) - ix
         ih = math.ceil(ly + extent) - iy
-        region = self._reader.read_region(round(ix * ds), round(iy * ds), level, iw, ih)
+        region = self._reader.read_region_image(round(ix * ds), round(iy * ds), level, iw, ih)
         fx, fy = lx - ix, ly - iy
-        if iw == out_size and ih == out_size and fx == 0 and fy == 0:
-            return region
-        box = (fx, fy, fx + extent, fy + extent)
-        image = Image.fromarray(region).resize(
-            (out_size, out_size), Image.Resampling.BILINEAR, box=box
-        )
-        return np.asarray(image)
+        if iw != out_size or ih != out_size or fx != 0 or fy != 0:
+            box = (fx, fy, fx + extent, fy + extent)
+            region = region.resize((out_size, out_size), Image.Resampling.BILINEAR, box=box)
+        return np.asarray(region)
 
     def read_thumbnail(self, downsample: float) -> np.ndarray:
         """The whole slide at ``downsample`` level-0 pixels per output pixel.
