@@ -165,3 +165,38 @@ def test_killed_run_resumes_only_the_unfinished_slide(archive, tmp_path):
     assert [r["n_tiles"] for r in reference] == [r["n_tiles"] for r in rows]
     with h5py.File(feats / "b.h5") as f, h5py.File(tmp_path / "ref/features/tiny/b.h5") as g:
         assert np.array_equal(f["features"][()], g["features"][()])
+
+
+def _corrupt_level0_tile(path, x, y):
+    """Overwrite the JPEG bytes of the level-0 tile holding level-0 pixel (x, y)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        per_row = -(-page.imagewidth // page.tilewidth)
+        index = (y // page.tilelength) * per_row + x // page.tilewidth
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+    with open(path, "r+b") as f:
+        f.seek(offset + count // 3)
+        f.write(b"\x00\xff\xd9" * (count // 6))
+
+
+def test_a_corrupt_tile_is_skipped_and_counted(tmp_path):
+    (tmp_path / "slides").mkdir()
+    path = write_reference_slide(tmp_path / "slides" / "c.tiff", 0.5, texture=12.0,
+                                 downsamples=(1, 4))
+    _corrupt_level0_tile(path, 700, 400)  # inside the tissue, under one 224-px tile or two
+    out = tmp_path / "out"
+    rows = embed_archive([path], out, encoder="tiny", workers=0, progress=False,
+                         max_failed_fraction=0.5)
+    row = rows[0]
+    assert row["status"] == "ok"
+    assert 1 <= row["failed_tiles"] <= 4 and row["n_tiles"] == TISSUE_TILES - row["failed_tiles"]
+    assert "undecodable" in row["error"]
+    with h5py.File(out / "features" / "tiny" / "c.h5") as f:
+        assert f["features"].shape[0] == f["coords"].shape[0] == row["n_tiles"]
+        assert f["tissue_fraction"].shape[0] == row["n_tiles"]
+        assert np.isfinite(f["features"][()]).all()
+    strict = embed_archive([path], tmp_path / "strict", encoder="tiny", workers=0,
+                           progress=False, max_failed_fraction=0.0)
+    assert strict[0]["status"] == "failed" and "could not be decoded" in strict[0]["error"]

@@ -86,10 +86,10 @@ def embed(
     )
     with tqdm(total=len(grid), desc=slide.slide_id, unit="tile", disable=not progress) as bar:
         for batch in loader:
-            if batch.error is not None:
+            if batch.error is not None or batch.tile_error is not None:
                 from wsi.errors import SlideReadError
 
-                raise SlideReadError(batch.error, slide.path)
+                raise SlideReadError(batch.error or batch.tile_error, slide.path)
             rows = enc(batch.patches)
             out[batch.spec.start : batch.spec.start + rows.shape[0]] = rows.numpy()
             bar.update(rows.shape[0])
@@ -114,6 +114,8 @@ class _SlideJob:
     writer: FeatureWriter | None = None
     rows_done: int = 0
     failed: bool = False
+    bad_tiles: np.ndarray | None = None
+    tile_error: str | None = None
 
     @property
     def n_tiles(self) -> int:
@@ -137,8 +139,10 @@ class _ArchiveRun:
         progress: bool,
         debug: bool,
         skip_done: bool,
+        max_failed_fraction: float,
     ) -> None:
         self.slides, self.out, self.options = slides, out, options
+        self.max_failed_fraction = max_failed_fraction
         self.encoder_arg, self.weights = encoder, weights
         self.encoder_name = encoder if isinstance(encoder, str) else encoder.name
         self.batch_size, self.workers = batch_size, workers
@@ -305,6 +309,11 @@ class _ArchiveRun:
             rows = self.encoder(batch.patches).numpy()
             job.writer.write(batch.spec.start, rows)
             job.rows_done += rows.shape[0]
+            if batch.failed is not None and batch.failed.any():
+                if job.bad_tiles is None:
+                    job.bad_tiles = np.zeros(job.n_tiles, bool)
+                job.bad_tiles[batch.spec.start : batch.spec.start + len(batch.failed)] = batch.failed
+                job.tile_error = job.tile_error or batch.tile_error
             if self._tile_bar is not None:
                 self._tile_bar.update(rows.shape[0])
         except Exception as exc:  # noqa: BLE001 - the slide fails, the batch goes on
@@ -325,10 +334,23 @@ class _ArchiveRun:
 
     def _commit(self, job: _SlideJob) -> None:
         assert job.writer is not None
-        job.writer.commit()
-        self._record(job.index, manifest_row(
-            job.path, "ok" if job.n_tiles else "no_tissue", n_tiles=job.n_tiles, mpp=job.mpp,
-            mpp_source=job.mpp_source, seconds=time.perf_counter() - job.started))
+        n_bad = 0 if job.bad_tiles is None else int(job.bad_tiles.sum())
+        seconds = time.perf_counter() - job.started
+        if n_bad > self.max_failed_fraction * job.n_tiles:
+            job.writer.abort()
+            row = manifest_row(
+                job.path, "failed", n_tiles=job.n_tiles, mpp=job.mpp, mpp_source=job.mpp_source,
+                seconds=seconds, failed_tiles=n_bad,
+                error=f"{n_bad} of {job.n_tiles} tiles could not be decoded (more than "
+                f"{self.max_failed_fraction:.0%}); first: {job.tile_error}")
+        else:
+            job.writer.commit(drop=job.bad_tiles)
+            kept = job.n_tiles - n_bad
+            row = manifest_row(
+                job.path, "ok" if kept else "no_tissue", n_tiles=kept, mpp=job.mpp,
+                mpp_source=job.mpp_source, seconds=seconds, failed_tiles=n_bad,
+                error=f"skipped {n_bad} undecodable tiles; first: {job.tile_error}" if n_bad else "")
+        self._record(job.index, row)
         del self.jobs[job.index]
 
     def _record(self, index: int, row: dict[str, Any]) -> None:
@@ -379,6 +401,7 @@ def embed_archive(
     progress: bool = True,
     debug: bool = False,
     skip_done: bool = True,
+    max_failed_fraction: float = 0.05,
 ) -> list[dict[str, Any]]:
     """Tile and embed every slide into ``out_dir``; return one manifest row per slide.
 
@@ -386,6 +409,8 @@ def embed_archive(
     ``manifest.csv``. ``slides`` are files, folders or globs. Slides already embedded with
     the same provenance are skipped; a failed slide gets a ``failed`` row and the rest go
     on. ``workers``: reader processes (None: a quarter of the cores, at least 1).
+    Tiles that cannot be decoded (a corrupt JPEG tile) are left out and counted in the
+    manifest's ``failed_tiles``; a slide with more than ``max_failed_fraction`` of them fails.
     """
     from wsi.errors import InvalidParameterError
 
@@ -399,6 +424,6 @@ def embed_archive(
     run = _ArchiveRun(
         paths, Path(out_dir), encoder, weights, options, batch_size,
         default_workers() if workers is None else workers, device, precision, progress, debug,
-        skip_done,
+        skip_done, max_failed_fraction,
     )
     return run.run()

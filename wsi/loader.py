@@ -58,11 +58,18 @@ class BatchSpec:
 
 @dataclass
 class PatchBatch:
-    """A read batch: uint8 patches (B, size, size, 3), or the error that stopped the read."""
+    """A read batch: uint8 patches (B, size, size, 3), or the error that stopped the read.
+
+    ``failed`` marks tiles that could not be decoded (their patch is black); ``tile_error``
+    is the first such error. A whole-batch ``error`` (the slide could not be opened) leaves
+    ``patches`` None.
+    """
 
     spec: BatchSpec
     patches: torch.Tensor | None
     error: str | None = None
+    failed: np.ndarray | None = None
+    tile_error: str | None = None
 
     def pin_memory(self) -> PatchBatch:
         """Page-locked patches for fast host-to-GPU copies (called by the DataLoader)."""
@@ -91,12 +98,20 @@ class PatchReader(Dataset):
 
         try:
             slide = self._slide(spec.path, spec.slide_mpp)
-            out = np.empty((len(spec.coords), spec.size, spec.size, 3), np.uint8)
-            for i, (x, y) in enumerate(spec.coords):
-                out[i] = slide.read_patch(float(x), float(y), spec.size_level0, spec.size, spec.level)
-            return PatchBatch(spec, torch.from_numpy(out))
         except Exception as exc:  # noqa: BLE001 - reported per slide by the consumer
             return PatchBatch(spec, None, failure_message(exc))
+        out = np.zeros((len(spec.coords), spec.size, spec.size, 3), np.uint8)
+        failed = np.zeros(len(spec.coords), bool)
+        tile_error = None
+        for i, (x, y) in enumerate(spec.coords):
+            try:
+                out[i] = slide.read_patch(
+                    float(x), float(y), spec.size_level0, spec.size, spec.level
+                )
+            except Exception as exc:  # noqa: BLE001 - a corrupt tile is counted, not fatal
+                failed[i] = True
+                tile_error = tile_error or failure_message(exc)
+        return PatchBatch(spec, torch.from_numpy(out), failed=failed, tile_error=tile_error)
 
     def __len__(self) -> int:
         raise TypeError("PatchReader is indexed by BatchSpec from a sampler; it has no length")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi.batch import Manifest, manifest_row, run_batch
+from wsi.errors import SlideReadError
 from wsi.heatmap import save_png
 from wsi.qc import qc_image
 from wsi.slide import Slide, open_slide
@@ -87,8 +88,12 @@ def write_qc(out_dir: Path, slide: Slide, mask: TissueMask, grid: TileGrid) -> N
     thumbnail, downsample = mask.thumbnail, mask.downsample
     if thumbnail is None or max(thumbnail.shape[:2]) < QC_LONG_SIDE_PX:
         # small slides: the mask's thumbnail is too coarse to judge tiles by eye
-        downsample = max(max(slide.dimensions) / QC_LONG_SIDE_PX, 1.0)
-        thumbnail = slide.read_thumbnail(downsample)
+        finer = max(max(slide.dimensions) / QC_LONG_SIDE_PX, 1.0)
+        try:
+            thumbnail, downsample = slide.read_thumbnail(finer), finer
+        except SlideReadError:
+            if thumbnail is None:
+                raise  # a corrupt tile at the finer level: keep the mask's own thumbnail
     image = qc_image(
         thumbnail,
         downsample,

@@ -93,6 +93,9 @@ class OpenSlideReader:
         try:
             return self._slide.read_region((int(x), int(y)), int(level), (int(width), int(height)))
         except openslide.OpenSlideError as exc:
+            # an openslide handle stays in an error state: reopen so later reads still work
+            self._slide.close()
+            self._slide = openslide.OpenSlide(str(self._path))
             raise SlideReadError(
                 f"{self._path.name}: cannot decode region x={x} y={y} level={level} "
                 f"size={width}x{height}: {exc}. The file is damaged; re-export or re-scan it.",

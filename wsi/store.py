@@ -70,7 +70,9 @@ def _write_coords(
     for key, value in coords_attrs.items():
         ds.attrs[key] = _clean_attr(value)
     if tissue_fraction is not None:
-        f.create_dataset("tissue_fraction", data=np.asarray(tissue_fraction, np.float32))
+        f.create_dataset(
+            "tissue_fraction", data=np.asarray(tissue_fraction, np.float32), maxshape=(None,)
+        )
     f.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True, default=str)
 
 
@@ -135,15 +137,34 @@ class FeatureWriter:
         self._features[start : start + rows.shape[0]] = rows
         self._written += rows.shape[0]
 
-    def commit(self) -> Path:
-        """Close and rename into place. Every row must have been written."""
+    def commit(self, drop: np.ndarray | None = None) -> Path:
+        """Close and rename into place. Every row must have been written.
+
+        ``drop``: a bool (N,) mask of rows to leave out (tiles that could not be decoded);
+        coords, features and tissue fractions are compacted in place, chunk by chunk.
+        """
         if self._written != self._n:
             raise FeatureFileError(
                 f"{self.path.name}: {self._written} of {self._n} feature rows written; not committing"
             )
+        if drop is not None and np.any(drop):
+            self._compact(np.flatnonzero(~np.asarray(drop, bool)))
         self._file.close()
         os.replace(self._tmp, self.path)
         return self.path
+
+    def _compact(self, keep: np.ndarray) -> None:
+        names = [n for n in ("coords", "features", "tissue_fraction") if n in self._file]
+        for start in range(0, len(keep), FEATURE_CHUNK_ROWS * 16):
+            rows = keep[start : start + FEATURE_CHUNK_ROWS * 16]
+            for name in names:
+                dataset = self._file[name]
+                dataset[start : start + len(rows)] = dataset[rows.min() : rows.max() + 1][
+                    rows - rows.min()
+                ]
+        for name in names:
+            dataset = self._file[name]
+            dataset.resize(len(keep), axis=0)
 
     def abort(self) -> None:
         """Drop the temporary file."""

@@ -1,0 +1,472 @@
+"""Fast patch reads for tiled JPEG TIFF and Aperio SVS slides.
+
+openslide decodes every tile at full resolution and hands back ARGB that is then resized.
+For a pyramidal TIFF whose levels are tiled JPEG, :class:`FastTiffReader` does less work:
+it reads the raw tile bytes itself (one file descriptor per process, ``os.pread``), lets
+libjpeg-turbo scale the tile inside the decoder (DCT scaling by 1/2, 1/4 or 1/8) when the
+patch is at least that much coarser than the stored level, pastes the tiles a patch spans,
+and resamples the small remainder exactly as :meth:`wsi.slide.Slide.read_patch` does.
+Decoded tiles stay in an LRU cache bounded in MB, so neighbouring patches share decodes.
+
+Colours follow openslide: a level stored as ``PhotometricInterpretation = YCbCr`` is
+decoded as YCbCr; one stored as RGB (Aperio's ``JPEG/RGB``) is taken as RGB samples with
+no colour conversion, whatever libjpeg would guess from the stream. Abbreviated JPEG
+streams get the level's ``JPEGTables`` spliced in front.
+
+Coordinates are level-0 pixels unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openslide
+import tifffile
+from PIL import Image, ImageFilter
+
+from wsi.errors import InvalidParameterError, SlideReadError
+
+__all__ = ["DCT_SCALE_TOLERANCE", "DEFAULT_CACHE_MB", "FastTiffReader"]
+
+DEFAULT_CACHE_MB = 64.0
+"""Decoded tiles kept per reader (MB): ~1,300 tiles of 256 px decoded at 1/2 scale."""
+
+QUALIFYING_VENDORS = ("aperio", "generic-tiff")
+"""openslide formats whose levels are plain TIFF directories (no stitching, no overlaps)."""
+
+DCT_SCALE_TOLERANCE = 0.05
+"""A patch may be decoded at 1/s when it is at least (1 - this) x s times coarser than its
+level: 0.5 µm/px from a 0.2527 µm/px Aperio 40x scan (ratio 1.979) still decodes at 1/2,
+and the last 1 % is the bilinear resize."""
+
+_DCT_SCALES = (8, 4, 2)
+_RESAMPLE = Image.Resampling.BILINEAR
+_OPENSLIDE_BLUR = ImageFilter.Kernel((3, 3), [1, 10, 1, 10, 100, 10, 1, 10, 1], 144)
+"""Separable (1, 10, 1)/12 blur applied after a DCT-scaled decode that needs no resize.
+
+A DCT-scaled tile is about a box average, sharper than the bilinear resize of the openslide
+path (a (1, 3, 3, 1)/8 kernel at 1/2); this kernel closes most of the gap: mean absolute
+difference on a real Aperio slide 2.5 → 0.7 grey levels at 1/2, 3.5 → 1.4 at 1/4."""
+_WHITE = (255, 255, 255)
+_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2})
+"""Baseline, extended and progressive Huffman DCT: what the libjpeg-turbo decoder scales."""
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
+_COMPRESSION_JPEG = 7
+_PHOTOMETRIC_JPEGMODE = {2: "RGB", 6: "YCbCr"}
+"""TIFF PhotometricInterpretation → the colour space libjpeg must assume for the stream."""
+
+
+@dataclass(frozen=True)
+class _Level:
+    """One pyramid level: geometry in level pixels and where its JPEG tiles lie in the file."""
+
+    width: int
+    height: int
+    tile_width: int
+    tile_height: int
+    offsets: np.ndarray
+    bytecounts: np.ndarray
+    tables: bytes
+    """JPEGTables without their EOI (spliced before a tile stream minus its SOI), or b""."""
+    jpegmode: str
+
+    @property
+    def tiles_across(self) -> int:
+        return -(-self.width // self.tile_width)
+
+    def tile_index(self, col: int, row: int) -> int:
+        return row * self.tiles_across + col
+
+
+class _TileCache:
+    """Thread-safe LRU of decoded tiles (PIL images), bounded by their pixel memory."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._tiles: OrderedDict[tuple[int, int, int], Image.Image | None] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int, int]) -> tuple[bool, Image.Image | None]:
+        """``(hit, tile)``; a hit may hold None (an empty tile, painted white)."""
+        with self._lock:
+            if key not in self._tiles:
+                return False, None
+            self._tiles.move_to_end(key)
+            return True, self._tiles[key]
+
+    def put(self, key: tuple[int, int, int], tile: Image.Image | None) -> None:
+        size = _nbytes(tile)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._tiles:
+                return
+            self._tiles[key] = tile
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, old = self._tiles.popitem(last=False)
+                self._bytes -= _nbytes(old)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tiles.clear()
+            self._bytes = 0
+
+
+def _nbytes(tile: Image.Image | None) -> int:
+    """Memory of a decoded tile: PIL stores RGB as 4 bytes per pixel."""
+    return 64 if tile is None else 4 * tile.width * tile.height + 64
+
+
+class FastTiffReader:
+    """Patch reads from a pyramidal tiled JPEG TIFF / Aperio SVS without openslide's decoder.
+
+    Open with :meth:`try_open`, which returns None for slides that do not qualify. The
+    reader is picklable (a worker process re-opens the file lazily and starts an empty
+    cache) and thread-safe.
+
+    Args:
+        path: the slide file.
+        levels: the levels found by :meth:`try_open`, finest first.
+        cache_mb: memory for decoded tiles (MB).
+    """
+
+    backend = "fast-tiff"
+
+    def __init__(self, path: Path, levels: tuple[_Level, ...], cache_mb: float) -> None:
+        self.path = Path(path)
+        self._levels = levels
+        self._cache_mb = cache_mb
+        self._cache = _TileCache(int(cache_mb * 1e6))
+        self._fd: int | None = None
+        self._fd_pid = -1
+        self._fd_lock = threading.Lock()
+        w0, h0 = levels[0].width, levels[0].height
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
+            (lv.width, lv.height) for lv in levels
+        )
+        self.level_downsamples: tuple[float, ...] = tuple(
+            (w0 / lv.width + h0 / lv.height) / 2 for lv in levels
+        )
+
+    @classmethod
+    def try_open(
+        cls, path: str | os.PathLike[str], cache_mb: float = DEFAULT_CACHE_MB
+    ) -> FastTiffReader | None:
+        """A reader for ``path``, or None when the slide does not qualify.
+
+        Qualifies: a file openslide reads as ``aperio`` or ``generic-tiff`` whose every
+        level is tiled, JPEG-compressed (TIFF compression 7), 8-bit, 3-sample, contiguous,
+        YCbCr or RGB, with a decodable first tile. Anything else (flat TIFFs, JPEG 2000
+        SVS, other vendors, non-TIFF files, missing files) gives None: read it with openslide.
+        """
+        path = Path(path)
+        try:
+            vendor = openslide.OpenSlide.detect_format(str(path))
+        except (OSError, openslide.OpenSlideError):
+            return None
+        if vendor not in QUALIFYING_VENDORS:
+            return None
+        try:
+            with tifffile.TiffFile(path) as tif:
+                levels = _find_levels(tif, vendor)
+        except (OSError, ValueError, tifffile.TiffFileError):
+            return None
+        if not levels:
+            return None
+        reader = cls(path, levels, cache_mb)
+        if not reader._first_tiles_decode():
+            reader.close()
+            return None
+        return reader
+
+    # pixels ------------------------------------------------------------------------------
+    def read_patch(
+        self, x: float, y: float, size_level0: float, out_size: int, level: int
+    ) -> np.ndarray:
+        """RGB uint8 (out_size, out_size, 3) of the level-0 box ``[x, x + size_level0)²``.
+
+        The box is read at ``level`` and resampled to ``out_size`` px, as
+        :meth:`wsi.slide.Slide.read_patch` does; when the patch is ≥ 2, 4 or 8 times coarser
+        than the level, tiles are decoded at that scale first. Areas outside the level are
+        white. Raises :class:`~wsi.errors.SlideReadError` on a corrupt tile.
+        """
+        self._check_level(level)
+        if not size_level0 > 0 or out_size <= 0:
+            raise InvalidParameterError(
+                f"{self.path.name}: patch size must be positive, got size_level0="
+                f"{size_level0!r} px and out_size={out_size!r} px"
+            )
+        ds = self.level_downsamples[level]
+        extent = size_level0 / ds
+        scale = self._dct_scale(level, extent / out_size)
+        sx, sy, s_extent = x / ds / scale, y / ds / scale, extent / scale
+        ix, iy = math.floor(sx), math.floor(sy)
+        iw = math.ceil(sx + s_extent) - ix
+        ih = math.ceil(sy + s_extent) - iy
+        window = self._window(level, scale, ix, iy, iw, ih)
+        fx, fy = sx - ix, sy - iy
+        if iw != out_size or ih != out_size or fx != 0 or fy != 0:
+            box = (fx, fy, fx + s_extent, fy + s_extent)
+            window = window.resize((out_size, out_size), _RESAMPLE, box=box)
+        elif scale > 1:
+            window = window.filter(_OPENSLIDE_BLUR)
+        return np.asarray(window)
+
+    def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        """RGB uint8 (height, width, 3) of ``level`` pixels whose top-left is level-0 (x, y)."""
+        self._check_level(level)
+        if width <= 0 or height <= 0:
+            raise InvalidParameterError(
+                f"{self.path.name}: region size must be positive, got {width}x{height}"
+            )
+        ds = self.level_downsamples[level]
+        window = self._window(level, 1, round(x / ds), round(y / ds), width, height)
+        return np.array(window)
+
+    # internals ---------------------------------------------------------------------------
+    def _check_level(self, level: int) -> None:
+        if not 0 <= level < len(self._levels):
+            raise InvalidParameterError(
+                f"{self.path.name}: level {level} does not exist (0..{len(self._levels) - 1})"
+            )
+
+    def _dct_scale(self, level: int, ratio: float) -> int:
+        """The largest DCT scale (8, 4, 2) that ``ratio`` level px per output px allows
+        (within :data:`DCT_SCALE_TOLERANCE`) and the tile size divides, else 1."""
+        lv = self._levels[level]
+        for scale in _DCT_SCALES:
+            fits = lv.tile_width % scale == 0 and lv.tile_height % scale == 0
+            if fits and ratio >= scale * (1 - DCT_SCALE_TOLERANCE):
+                return scale
+        return 1
+
+    def _window(self, level: int, scale: int, ix: int, iy: int, iw: int, ih: int) -> Image.Image:
+        """Pixels ``[ix, ix + iw) x [iy, iy + ih)`` of ``level`` decoded at 1/``scale``."""
+        lv = self._levels[level]
+        out = Image.new("RGB", (iw, ih), _WHITE)
+        tw, th = lv.tile_width // scale, lv.tile_height // scale
+        x0, y0 = max(ix, 0), max(iy, 0)
+        x1, y1 = min(ix + iw, _scaled(lv.width, scale)), min(iy + ih, _scaled(lv.height, scale))
+        if x1 <= x0 or y1 <= y0:
+            return out
+        for row in range(y0 // th, (y1 - 1) // th + 1):
+            for col in range(x0 // tw, (x1 - 1) // tw + 1):
+                tile = self._tile(level, scale, col, row)
+                if tile is not None:
+                    out.paste(tile, (col * tw - ix, row * th - iy))
+        return out
+
+    def _tile(self, level: int, scale: int, col: int, row: int) -> Image.Image | None:
+        """Tile (col, row) of ``level`` decoded at 1/``scale``, clipped to the level; None
+        for a tile with no data."""
+        lv = self._levels[level]
+        index = lv.tile_index(col, row)
+        key = (level, scale, index)
+        hit, tile = self._cache.get(key)
+        if hit:
+            return tile
+        data = self._raw_tile(level, index)
+        if data is not None:
+            tile = self._decode(data, level, index, scale)
+            valid_w = _scaled(lv.width, scale) - col * (lv.tile_width // scale)
+            valid_h = _scaled(lv.height, scale) - row * (lv.tile_height // scale)
+            if valid_w < tile.width or valid_h < tile.height:
+                tile = tile.crop((0, 0, min(valid_w, tile.width), min(valid_h, tile.height)))
+        self._cache.put(key, tile)
+        return tile
+
+    def _raw_tile(self, level: int, index: int) -> bytes | None:
+        lv = self._levels[level]
+        offset, count = int(lv.offsets[index]), int(lv.bytecounts[index])
+        if count == 0:
+            return None  # openslide paints empty tiles transparent: white here
+        data = self._pread(count, offset)
+        if len(data) != count:
+            raise self._tile_error(
+                level, index, f"the file ends {count - len(data)} bytes early (truncated copy?)"
+            )
+        return data
+
+    def _decode(self, data: bytes, level: int, index: int, scale: int) -> Image.Image:
+        lv = self._levels[level]
+        if not data.startswith(_SOI):
+            raise self._tile_error(level, index, "the tile does not start with a JPEG marker")
+        stream = lv.tables + data[2:] if lv.tables else data
+        try:
+            width, height = _jpeg_size(stream)
+            size = (-(-width // scale), -(-height // scale))
+            return Image.frombytes("RGB", size, stream, "jpeg", "RGB", lv.jpegmode, scale, 0)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise self._tile_error(level, index, str(exc)) from exc
+
+    def _tile_error(self, level: int, index: int, reason: str) -> SlideReadError:
+        across = self._levels[level].tiles_across
+        return SlideReadError(
+            f"{self.path.name}: cannot decode JPEG tile {index} (column {index % across}, "
+            f"row {index // across}) of level {level}: {reason}. The file is damaged; "
+            "re-copy or re-export it from the scanner software.",
+            self.path,
+        )
+
+    def _first_tiles_decode(self) -> bool:
+        """Whether the first non-empty tile of every level decodes (probes the stream type)."""
+        for level, lv in enumerate(self._levels):
+            nonempty = np.flatnonzero(lv.bytecounts)
+            if nonempty.size == 0:
+                continue
+            try:
+                data = self._raw_tile(level, int(nonempty[0]))
+                assert data is not None
+                self._decode(data, level, int(nonempty[0]), 1)
+            except SlideReadError:
+                return False
+        return True
+
+    def _pread(self, count: int, offset: int) -> bytes:
+        """``count`` bytes at ``offset`` through this process's descriptor (re-opened after fork)."""
+        pid = os.getpid()
+        if self._fd is None or self._fd_pid != pid:
+            with self._fd_lock:
+                if self._fd is None or self._fd_pid != pid:
+                    self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                    self._fd_pid = pid
+        if hasattr(os, "pread"):
+            return os.pread(self._fd, count, offset)
+        with self._fd_lock:  # no pread (Windows): seek + read under the lock
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            return os.read(self._fd, count)
+
+    # lifecycle ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close this process's file descriptor and drop the decoded tiles."""
+        if self._fd is not None and self._fd_pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+        self._cache.clear()
+
+    def __enter__(self) -> FastTiffReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": str(self.path), "levels": self._levels, "cache_mb": self._cache_mb}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(Path(state["path"]), state["levels"], state["cache_mb"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        w, h = self.level_dimensions[0]
+        return f"FastTiffReader({self.path.name!r}, {w}x{h}, {len(self._levels)} levels)"
+
+
+def _scaled(length: int, scale: int) -> int:
+    """Level pixels ``length`` in pixels decoded at 1/``scale`` (a half-covered pixel counts)."""
+    return (length + scale // 2) // scale
+
+
+def _find_levels(tif: tifffile.TiffFile, vendor: str) -> tuple[_Level, ...] | None:
+    """The pyramid levels as openslide orders them, or None if one is not tiled JPEG.
+
+    Aperio: every tiled directory, in file order. Generic TIFF: the first directory and
+    tiled reduced-resolution ones (NewSubfileType bit 0), widest first.
+    """
+    pages = []
+    for index in range(len(tif.pages)):
+        page = tif.pages[index]
+        if not isinstance(page, tifffile.TiffPage) or not page.is_tiled:
+            continue
+        if vendor == "generic-tiff" and index > 0 and not page.subfiletype & 1:
+            continue
+        pages.append(page)
+    if vendor == "generic-tiff":
+        pages.sort(key=lambda page: -page.imagewidth)
+    levels = tuple(_level_of(page) for page in pages)
+    if not levels or any(level is None for level in levels):
+        return None
+    return levels  # type: ignore[return-value]
+
+
+def _level_of(page: tifffile.TiffPage) -> _Level | None:
+    """A level for a tiled page stored as 8-bit RGB/YCbCr JPEG tiles, else None."""
+    jpegmode = _PHOTOMETRIC_JPEGMODE.get(int(page.photometric))
+    orientation = page.tags.valueof(274, 1)
+    if (
+        jpegmode is None
+        or int(page.compression) != _COMPRESSION_JPEG
+        or page.samplesperpixel != 3
+        or page.bitspersample != 8
+        or int(page.planarconfig) != 1
+        or page.imagedepth != 1
+        or page.tiledepth != 1
+        or orientation != 1
+    ):
+        return None
+    tw, th = page.tilewidth, page.tilelength
+    tiles = -(-page.imagewidth // tw) * -(-page.imagelength // th)
+    offsets = np.asarray(page.dataoffsets, np.int64)
+    bytecounts = np.asarray(page.databytecounts, np.int64)
+    if offsets.size != tiles or bytecounts.size != tiles:
+        return None
+    tables = bytes(page.jpegtables or b"")
+    if tables.endswith(_EOI):
+        tables = tables[:-2]
+    return _Level(
+        width=int(page.imagewidth),
+        height=int(page.imagelength),
+        tile_width=int(tw),
+        tile_height=int(th),
+        offsets=offsets,
+        bytecounts=bytecounts,
+        tables=tables,
+        jpegmode=jpegmode,
+    )
+
+
+def _jpeg_size(stream: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG stream's frame header.
+
+    The decoder is then asked for exactly that size, so a tile that disagrees with its
+    directory can never overrun the output. Raises ValueError for anything but an 8-bit,
+    3-component, Huffman-coded DCT frame.
+    """
+    pos, end = 2, len(stream)
+    while pos + 4 <= end:
+        if stream[pos] != 0xFF:
+            raise ValueError(f"no JPEG marker at byte {pos}")
+        marker = stream[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            pos += 2
+            continue
+        length = int.from_bytes(stream[pos + 2 : pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            header = stream[pos + 4 : pos + 10]
+            if marker not in _SOF_MARKERS or len(header) < 6:
+                raise ValueError(f"unsupported JPEG frame type 0x{marker:02X}")
+            precision, components = header[0], header[5]
+            height = int.from_bytes(header[1:3], "big")
+            width = int.from_bytes(header[3:5], "big")
+            if precision != 8 or components != 3 or width == 0 or height == 0:
+                raise ValueError(
+                    f"unsupported JPEG frame: {precision}-bit, {components} components, "
+                    f"{width}x{height}"
+                )
+            return width, height
+        if marker in (0xD9, 0xDA):
+            break
+        pos += 2 + length
+    raise ValueError("no JPEG frame header before the image data")
