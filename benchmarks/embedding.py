@@ -45,6 +45,7 @@ def encoder_only(enc, batch: torch.Tensor, seconds: float = 8.0) -> float:
 def write_archive(folder: Path, slides: int, tiles_side: int) -> int:
     """Slides fully covered by tissue with ``tiles_side``² tiles of 224 px at 0.5 µm/px."""
     side = tiles_side * 224
+    folder.mkdir(parents=True, exist_ok=True)
     for i in range(slides):
         write_slide(folder / f"s{i}.tiff", width=side, height=side, mpp=0.5,
                     regions=[Region(0, 0, side, side)], seed=i)

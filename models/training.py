@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, StratifiedGroupKFold
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
 from models.errors import CheckpointError, TrainingDataError
@@ -62,7 +62,8 @@ class TrainConfig:
     each training bag to at most that many tiles, freshly each epoch (inference always uses
     all tiles). ``batch_size`` bags per step (>1: zero-padded with masks). ``precision``
     applies to CUDA only ("auto": bf16 where supported, else fp16); CPU always runs fp32 and
-    is bit-deterministic for a given ``seed``.
+    is bit-deterministic for a given ``seed`` (whatever ``num_workers``). Training seeds
+    torch's global RNG with ``seed``.
     """
 
     epochs: int = 40
@@ -275,8 +276,7 @@ def _check_folds(lab: _Labels, folds: int) -> None:
                 )
 
 
-def _assign_folds(lab: _Labels, folds: int, seed: int) -> np.ndarray:
-    _check_folds(lab, folds)
+def _split_folds(lab: _Labels, folds: int, seed: int) -> np.ndarray:
     index = np.arange(len(lab.slide_ids))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -291,6 +291,23 @@ def _assign_folds(lab: _Labels, folds: int, seed: int) -> np.ndarray:
     for k, (_, test) in enumerate(splits):
         fold_of[test] = k
     return fold_of
+
+
+def _assign_folds(lab: _Labels, folds: int, seed: int, tries: int = 20) -> np.ndarray:
+    """Folds by patient; StratifiedGroupKFold is greedy, so when a class misses a fold the
+    next ``tries`` seeds are tried (deterministically) for a split with every class in
+    every fold."""
+    _check_folds(lab, folds)
+    first = _split_folds(lab, folds, seed)
+    strata = lab.stratify
+    if strata is None:
+        return first
+    classes = np.unique(strata[strata >= 0])
+    for attempt in range(tries):
+        fold_of = first if attempt == 0 else _split_folds(lab, folds, seed + attempt)
+        if all(np.isin(classes, strata[fold_of == k]).all() for k in range(folds)):
+            return fold_of
+    return first
 
 
 def assign_folds(
@@ -380,15 +397,18 @@ def _as_list(items: list[tuple[Tensor, int]]) -> list[tuple[Tensor, int]]:
 
 
 def _loader(dataset: _BagDataset, config: TrainConfig, shuffle: bool) -> DataLoader:
-    """Batches of ``config.batch_size`` bags; the shuffle order is seeded by ``config.seed``."""
-    generator = torch.Generator().manual_seed(config.seed)
+    """Batches of ``config.batch_size`` bags. The shuffle order comes from a sampler with its
+    own generator seeded by ``config.seed``, so it does not depend on ``num_workers``."""
+    sampler = None
+    if shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(config.seed))
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
-        shuffle=shuffle,
+        sampler=sampler,
         num_workers=config.num_workers,
         collate_fn=_as_list,
-        generator=generator,
+        generator=torch.Generator().manual_seed(config.seed),  # worker seeds only
         persistent_workers=config.num_workers > 0,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -22,6 +23,12 @@ def shared_file(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path}")
     return path
+
+
+def read_manifest(out: Path) -> dict[str, dict[str, str]]:
+    """``out/manifest.csv`` as {slide_id: row}."""
+    with open(out / "manifest.csv", newline="") as f:
+        return {row["slide_id"]: row for row in csv.DictReader(f)}
 
 
 # The reference layout in µm: a 1024 x 768 µm slide with a 448 x 336 µm tissue block whose

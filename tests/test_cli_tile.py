@@ -1,4 +1,3 @@
-import csv
 import json
 import subprocess
 import sys
@@ -8,14 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import TISSUE_TILES, shared_file, write_reference_slide
+from tests.conftest import TISSUE_TILES, read_manifest, shared_file, write_reference_slide
 from wsi.cli import main
 from wsi.testing import write_slide
-
-
-def _manifest(out):
-    with open(out / "manifest.csv", newline="") as f:
-        return {row["slide_id"]: row for row in csv.DictReader(f)}
 
 
 @pytest.fixture
@@ -36,7 +30,7 @@ def test_tile_archive_with_bad_slides(archive, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["tile", str(archive), str(tmp_path / "missing.svs"), "--out", str(out), "--quiet"])
     assert code == 1
-    rows = _manifest(out)
+    rows = read_manifest(out)
     status = {k: v["status"] for k, v in rows.items()}
     assert status == {
         "good40": "ok", "good20": "ok", "blank": "no_tissue", "nompp": "failed",
@@ -70,7 +64,7 @@ def test_slide_mpp_rescues_a_slide_without_metadata(archive, tmp_path):
     out = tmp_path / "out"
     code = main(["tile", str(archive / "nompp.tiff"), "--out", str(out), "--slide-mpp", "0.25", "--quiet"])
     assert code == 0
-    row = _manifest(out)["nompp"]
+    row = read_manifest(out)["nompp"]
     assert (row["status"], row["n_tiles"], row["mpp_source"]) == ("ok", str(TISSUE_TILES), "argument")
 
 
@@ -78,7 +72,7 @@ def test_rerun_keeps_other_rows(archive, tmp_path):
     out = tmp_path / "out"
     main(["tile", str(archive / "good40.tiff"), "--out", str(out), "--quiet"])
     main(["tile", str(archive / "good20.svs"), "--out", str(out), "--quiet"])
-    assert set(_manifest(out)) == {"good40", "good20"}
+    assert set(read_manifest(out)) == {"good40", "good20"}
 
 
 @pytest.mark.parametrize("flag", [["--mpp", "0"], ["--size", "0"], ["--min-tissue", "2"]])
@@ -102,9 +96,9 @@ def test_real_tcga_slide_end_to_end(tmp_path):
     svs = shared_file("small_real_wsis/tcga-cr-7395-01a-01-ts1.svs")
     out = tmp_path / "out"
     assert main(["tile", str(svs), "--out", str(out), "--quiet"]) == 1
-    assert "no mpp in metadata" in _manifest(out)["tcga-cr-7395-01a-01-ts1"]["error"]
+    assert "no mpp in metadata" in read_manifest(out)["tcga-cr-7395-01a-01-ts1"]["error"]
     assert main(["tile", str(svs), "--out", str(out), "--slide-mpp", "0.25", "--quiet"]) == 0
-    row = _manifest(out)["tcga-cr-7395-01a-01-ts1"]
+    row = read_manifest(out)["tcga-cr-7395-01a-01-ts1"]
     assert row["status"] == "ok" and int(row["n_tiles"]) > 20
     with h5py.File(out / "patches" / "tcga-cr-7395-01a-01-ts1.h5") as f:
         assert f["coords"].attrs["patch_level"] == 1

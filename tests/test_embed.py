@@ -1,4 +1,3 @@
-import csv
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import pytest
 
 import wsi
 from tests import tiny_encoders
-from tests.conftest import TISSUE_TILES, write_reference_slide
+from tests.conftest import TISSUE_TILES, read_manifest, write_reference_slide
 from wsi.cli import main
 from wsi.embed import embed, embed_archive
 from wsi.patching import TileOptions
@@ -19,11 +18,6 @@ from wsi.testing import write_slide
 
 tiny_encoders.register()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _manifest(out):
-    with open(out / "manifest.csv", newline="") as f:
-        return {row["slide_id"]: row for row in csv.DictReader(f)}
 
 
 @pytest.fixture
@@ -84,7 +78,7 @@ def test_archive_files_in_clam_layout_and_skip_done(archive, tmp_path, monkeypat
     rows = embed_archive([archive], out, encoder="tiny", workers=0, progress=False)
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "features" / "tiny").iterdir()} == mtimes
-    assert set(_manifest(out)) == {"a", "b", "c"}
+    assert set(read_manifest(out)) == {"a", "b", "c"}
 
 
 def test_changed_parameter_re_embeds(archive, tmp_path):
@@ -107,7 +101,7 @@ def test_bad_slides_fail_alone_and_blank_gives_empty_features(archive, tmp_path,
     code = main(["embed", str(archive), "--out", str(out), "--encoder", "tiny", "--quiet",
                  "--workers", "1"])
     assert code == 1
-    status = {k: v["status"] for k, v in _manifest(out).items()}
+    status = {k: v["status"] for k, v in read_manifest(out).items()}
     assert status == {"a": "ok", "b": "ok", "c": "ok", "broken": "failed", "nompp": "failed",
                       "blank": "no_tissue"}
     with h5py.File(out / "features" / "tiny" / "blank.h5") as f:
@@ -159,7 +153,7 @@ def test_killed_run_resumes_only_the_unfinished_slide(archive, tmp_path):
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
     assert (feats / "a.h5").stat().st_mtime_ns == a_mtime  # finished slide untouched
     assert not list(feats.glob(".*tmp*"))  # stale temporary cleaned up
-    assert set(_manifest(out)) == {"a", "b", "c"}
+    assert set(read_manifest(out)) == {"a", "b", "c"}
     reference = embed_archive([archive], tmp_path / "ref", encoder="tiny", workers=0,
                               progress=False)
     assert [r["n_tiles"] for r in reference] == [r["n_tiles"] for r in rows]
