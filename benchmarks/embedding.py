@@ -8,8 +8,8 @@ Prints:
 3. peak RSS while embedding a ~100k-tile slide with a tiny encoder (the pipeline's own
    memory, which must stay flat: target < 2 GB above the model).
 
-Usage: python benchmarks/embedding.py [--encoder efficientnet_lite0] [--slides 2]
-       [--batch-size 32] [--repeats 3] [--skip-rss]
+Usage: python benchmarks/embedding.py [--encoder efficientnet_lite0] [--weights random]
+       [--device cpu|cuda] [--slides 2] [--batch-size 32] [--repeats 3] [--skip-rss]
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ def rss_run(tmp: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoder", default="efficientnet_lite0")
+    ap.add_argument("--weights", default=None, help="a weights file, or 'random'")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--slides", type=int, default=2)
     ap.add_argument("--tiles-side", type=int, default=12, help="each slide has this² tiles")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -88,9 +90,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="wsi_bench_embed_"))
     try:
         n_tiles = write_archive(tmp / "slides", args.slides, args.tiles_side)
-        enc = load_encoder(args.encoder, device="cpu")
-        fp32 = load_encoder(args.encoder, device="cpu", precision="fp32")
-        bf16 = load_encoder(args.encoder, device="cpu", precision="bf16")
+        def encoder(precision: str):
+            return load_encoder(args.encoder, weights=args.weights, device=args.device,
+                                precision=precision)
+
+        enc, fp32, bf16 = encoder("auto"), encoder("fp32"), encoder("bf16")
         rng = np.random.default_rng(0)
         batch = torch.from_numpy(
             rng.integers(0, 255, (args.batch_size, 224, 224, 3), dtype=np.uint8)
@@ -101,7 +105,7 @@ def main() -> None:
             out = tmp / f"out{r}"
             t = time.perf_counter()
             rows = embed_archive([tmp / "slides"], out, encoder=enc, batch_size=args.batch_size,
-                                 workers=args.workers, progress=False)
+                                 workers=args.workers, device=args.device, progress=False)
             e2e = n_tiles / (time.perf_counter() - t)
             assert all(row["status"] == "ok" for row in rows), rows
             ratios.append(e2e / alone)

@@ -372,7 +372,10 @@ class _ArchiveRun:
                                disable=not self.progress, position=0, dynamic_ncols=True)
         self._tile_bar = tqdm(desc="tiles", unit="tile", disable=not self.progress,
                               position=1, leave=False, dynamic_ncols=True)
-        pin = self._encoder is not None and self._encoder.device.type == "cuda"
+        from models.encoders import resolve_device
+
+        on_device = getattr(self.encoder_arg, "device", None) or resolve_device(self.device)
+        pin = on_device.type == "cuda"
         loader = patch_loader(self._specs(), self.workers, pin_memory=pin)
         try:
             for batch in loader:
