@@ -10,13 +10,8 @@ Knows nothing of slide files or HDF5: it takes image batches and bags of feature
     table = models.predict(model, bags, slide_ids)
 """
 
-from models.encoders import (
-    Encoder,
-    encoder_from_module,
-    known_encoders,
-    load_encoder,
-    register_encoder,
-)
+from typing import Any
+
 from models.errors import (
     CheckpointError,
     EncoderWeightsError,
@@ -25,16 +20,36 @@ from models.errors import (
     TrainingDataError,
     UnknownEncoderError,
 )
-from models.mil import ARCHITECTURES, MILModel, TaskSpec, build_model
-from models.training import (
-    CVResult,
-    TrainConfig,
-    TrainedModel,
-    cross_validate,
-    load_checkpoint,
-    predict,
-    train,
-)
+
+# torch, timm and scikit-learn load on first use, so `import wsi` (which needs only the
+# exception classes above) stays light.
+_LAZY = {
+    "Encoder": "models.encoders",
+    "encoder_from_module": "models.encoders",
+    "known_encoders": "models.encoders",
+    "load_encoder": "models.encoders",
+    "register_encoder": "models.encoders",
+    "ARCHITECTURES": "models.mil",
+    "MILModel": "models.mil",
+    "TaskSpec": "models.mil",
+    "build_model": "models.mil",
+    "CVResult": "models.training",
+    "TrainConfig": "models.training",
+    "TrainedModel": "models.training",
+    "cross_validate": "models.training",
+    "load_checkpoint": "models.training",
+    "predict": "models.training",
+    "train": "models.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
+
 
 __all__ = [
     "ARCHITECTURES",
