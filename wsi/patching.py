@@ -63,6 +63,7 @@ def provenance(slide: Slide, grid: TileGrid, **extra: Any) -> dict[str, Any]:
         "slide_path": str(slide.path.resolve()),
         "slide_quickhash": slide.quickhash(),
         "slide_backend": slide.backend,
+        "patch_backend": slide.patch_backend,
         "tiling": grid.params(),
         "tissue": grid.mask.params if grid.mask is not None else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -24,6 +24,7 @@ from wsi.errors import (
     SlideNotFoundError,
     SlideOpenError,
 )
+from wsi.fastread import FastTiffReader
 from wsi.mpp import Mpp, resolve_mpp
 from wsi.readers import FlatImageReader, OpenSlideReader, Reader
 
@@ -50,6 +51,9 @@ class Slide:
         path: the slide file (SVS, NDPI, MRXS, SCN, BIF, tiled TIFF, DICOM, or a flat
             TIFF/JPEG/PNG through the fallback reader).
         mpp: level-0 µm per pixel, overriding missing or wrong metadata.
+        fast_reads: read patches of tiled JPEG TIFF/SVS slides by decoding their JPEG tiles
+            directly, with DCT scaling for coarser targets (``wsi.fastread``; ~3x faster
+            than openslide for 20x patches from 40x scans); openslide otherwise.
 
     Raises:
         SlideNotFoundError: no such file, a directory, or a symlink loop.
@@ -57,12 +61,18 @@ class Slide:
         InvalidMppError: ``mpp`` given and not plausible (≤ 0, NaN, > 100).
     """
 
-    def __init__(self, path: str | os.PathLike[str], mpp: float | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], mpp: float | None = None, fast_reads: bool = True
+    ) -> None:
         self.path = Path(path)
         self.name = self.path.name
         self.slide_id = slide_id_of(self.path)
         self._mpp_override = mpp
+        self._fast_reads = fast_reads
         self._reader: Reader = _open_reader(self.path)
+        self._fast: FastTiffReader | None = None
+        if fast_reads and self._reader.backend == "openslide":
+            self._fast = FastTiffReader.try_open(self.path)
         self.level_dimensions: tuple[tuple[int, int], ...] = self._reader.level_dimensions
         self.level_downsamples: tuple[float, ...] = self._reader.level_downsamples
         self.properties: dict[str, str] = self._reader.properties
@@ -81,6 +91,11 @@ class Slide:
     def backend(self) -> str:
         """``"openslide"`` or ``"flat-image"`` (the fallback reader)."""
         return self._reader.backend
+
+    @property
+    def patch_backend(self) -> str:
+        """What :meth:`read_patch` decodes with: ``"fast-tiff"`` or :attr:`backend`."""
+        return "fast-tiff" if self._fast is not None else self._reader.backend
 
     @property
     def vendor(self) -> str | None:
@@ -175,6 +190,8 @@ class Slide:
 
         The sub-pixel box is honoured, so the patch spans the same µm on every scanner.
         """
+        if self._fast is not None:
+            return self._fast.read_patch(x, y, size_level0, out_size, level)
         ds = self.level_downsamples[level]
         lx, ly, extent = x / ds, y / ds, size_level0 / ds
         ix, iy = math.floor(lx), math.floor(ly)
@@ -236,8 +253,10 @@ class Slide:
 
     # lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
-        """Release the file handle."""
+        """Release the file handles."""
         self._reader.close()
+        if self._fast is not None:
+            self._fast.close()
 
     def __enter__(self) -> Slide:
         return self
@@ -246,10 +265,10 @@ class Slide:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": str(self.path), "mpp": self._mpp_override}
+        return {"path": str(self.path), "mpp": self._mpp_override, "fast": self._fast_reads}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], mpp=state["mpp"])  # type: ignore[misc]
+        self.__init__(state["path"], mpp=state["mpp"], fast_reads=state["fast"])  # type: ignore[misc]
 
     def __repr__(self) -> str:
         w, h = self.dimensions
@@ -257,9 +276,12 @@ class Slide:
         return f"Slide({self.name!r}, {w}x{h}, {self.level_count} levels, {mpp}, {self.backend})"
 
 
-def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
-    """Open a slide file. ``mpp`` (level-0 µm/px) overrides missing or wrong metadata."""
-    return Slide(path, mpp=mpp)
+def open_slide(
+    path: str | os.PathLike[str], mpp: float | None = None, fast_reads: bool = True
+) -> Slide:
+    """Open a slide file. ``mpp`` (level-0 µm/px) overrides missing or wrong metadata;
+    ``fast_reads=False`` reads every patch through openslide."""
+    return Slide(path, mpp=mpp, fast_reads=fast_reads)
 
 
 def quickhash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
