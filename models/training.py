@@ -342,12 +342,15 @@ def _holdout(lab: _Labels, train_idx: np.ndarray, config: TrainConfig) -> tuple[
         warnings.simplefilter("ignore", UserWarning)
         if strata is not None:
             splitter = StratifiedGroupKFold(n_splits, shuffle=True, random_state=config.seed)
-            fit, val = next(splitter.split(train_idx, strata[train_idx], groups))
-        else:
-            splitter = GroupShuffleSplit(
-                n_splits=1, test_size=config.val_fraction, random_state=config.seed
-            )
-            fit, val = next(splitter.split(train_idx, groups=groups))
+            try:
+                fit, val = next(splitter.split(train_idx, strata[train_idx], groups))
+                return train_idx[fit], train_idx[val]
+            except ValueError:
+                pass  # every class has fewer slides than splits: a plain patient split
+        splitter = GroupShuffleSplit(
+            n_splits=1, test_size=config.val_fraction, random_state=config.seed
+        )
+        fit, val = next(splitter.split(train_idx, groups=groups))
     return train_idx[fit], train_idx[val]
 
 

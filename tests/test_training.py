@@ -516,3 +516,13 @@ def test_metrics_known_values():
     assert m["spearman"] == pytest.approx(0.8)
     assert m["mae"] == pytest.approx(0.75)
     assert m["pearson"] == pytest.approx(np.corrcoef([1, 2, 3, 4], [1, 3, 2, 5])[0, 1])
+
+
+def test_small_cohorts_still_get_a_validation_split():
+    """Every class smaller than the 5 validation splits: a plain patient split is used."""
+    rng = np.random.default_rng(0)
+    bags = [rng.normal(size=(10, 8)).astype(np.float32) for _ in range(9)]
+    labels = pd.DataFrame({"slide_id": [f"s{i}" for i in range(9)],
+                           "kind": ["a", "b", "c"] * 3})
+    model = train(bags, labels, classify=["kind"], config=TrainConfig(epochs=2), progress=False)
+    assert model.feature_dim == 8

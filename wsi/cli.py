@@ -182,8 +182,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from wsi.demo import run_demo
     from wsi.errors import InvalidParameterError
 
-    if args.slides < 8:
-        raise InvalidParameterError("--slides must be at least 8 (4 folds x 2 patients per type)")
+    if args.slides < 9:
+        raise InvalidParameterError(
+            "--slides must be at least 9: cross-validation needs 2 patients per tumour type"
+        )
     result = run_demo(args.out, n_slides=args.slides, seed=args.seed, progress=not args.quiet)
     print(result.summary())
     return EXIT_OK

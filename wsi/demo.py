@@ -25,6 +25,7 @@ class DemoResult:
     """What the demo made: folders, counts, stage times (s) and cross-validated metrics."""
 
     out_dir: Path
+    folds: int = DEMO_FOLDS
     n_slides: int = 0
     n_tiles: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -43,7 +44,7 @@ class DemoResult:
             f"wsi demo: {self.n_slides} synthetic slides, {self.n_tiles} tiles "
             f"(224 px at 0.5 µm/px), total {sum(self.seconds.values()):.0f} s",
             f"  stages: {stages}",
-            f"  tumour type ({DEMO_FOLDS}-fold CV, ABMIL): AUC {_fmt(auc)}, "
+            f"  tumour type ({self.folds}-fold CV, ABMIL): AUC {_fmt(auc)}, "
             f"balanced accuracy {_fmt(bacc)}",
             f"  immune score: Spearman {_fmt(rho)}",
             f"  slides + labels:  {out / 'cohort'}",
@@ -51,6 +52,15 @@ class DemoResult:
             f"  model + metrics:  {out / 'run'} (metrics.json, predictions.csv, model.pt)",
             f"  heatmaps:         {out / 'heatmaps'}",
         ])
+
+
+def demo_folds(labels_csv: Path) -> int:
+    """:data:`DEMO_FOLDS`, or fewer when a tumour type has fewer patients (small cohorts)."""
+    import pandas as pd
+
+    table = pd.read_csv(labels_csv, dtype=str)
+    patients = table.groupby("tumour_type")["patient_id"].nunique().min()
+    return max(2, min(DEMO_FOLDS, int(patients)))
 
 
 def _fmt(value: Any) -> str:
@@ -70,9 +80,13 @@ def run_demo(
     n_slides: int = 24,
     seed: int = 0,
     epochs: int = 30,
+    size_px: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> DemoResult:
-    """Run the demo into ``out_dir`` and return what it made (deterministic given ``seed``)."""
+    """Run the demo into ``out_dir`` and return what it made (deterministic given ``seed``).
+
+    ``size_px`` (width, height at 0.5 µm/px) shrinks the slides, e.g. for tests.
+    """
     from models.training import TrainConfig
     from wsi.embed import embed_archive
     from wsi.finetune import heatmap_run, train_run
@@ -81,16 +95,17 @@ def run_demo(
     out = Path(out_dir)
     result = DemoResult(out)
     slides, labels = _timed(result, "slides", lambda: write_cohort(
-        out / "cohort", n_slides=n_slides, seed=seed, progress=progress))
+        out / "cohort", n_slides=n_slides, seed=seed, size_px=size_px, progress=progress))
     rows = _timed(result, "tile+embed", lambda: embed_archive(
         slides, out / "embed", progress=progress))
     result.n_slides = len(rows)
     result.n_tiles = sum(int(r["n_tiles"]) for r in rows)
     features = out / "embed" / "features" / "efficientnet_lite0"
     config = TrainConfig(epochs=epochs, seed=seed)
+    result.folds = demo_folds(labels)
     cv, _ = _timed(result, "train", lambda: train_run(
         features, labels, out / "run", classify=["tumour_type"], regress=["immune_score"],
-        folds=DEMO_FOLDS, config=config, progress=progress))
+        folds=result.folds, config=config, progress=progress))
     result.metrics = cv.metrics
 
     def heatmaps() -> list[Path]:
