@@ -42,6 +42,7 @@ import timm
 import torch
 from torch import nn
 
+from models.cpu import keep_large_allocations
 from models.errors import EncoderWeightsError, HubUnavailableError, UnknownEncoderError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -154,6 +155,8 @@ class Encoder:
         see benchmarks/encoders.py), off for MPS.
         """
         target = resolve_device(device)
+        if target.type == "cpu":
+            keep_large_allocations()
         resolved = resolve_precision(precision, target)
         use_channels_last = target.type != "mps" if channels_last is None else channels_last
         memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
