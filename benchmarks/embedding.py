@@ -1,7 +1,7 @@
 """Embedding throughput and memory, measured as ratios in one run.
 
 Prints:
-1. end-to-end tiles/s of ``embed_archive`` (tiling, patch reads in workers, encoding,
+1. end-to-end tiles/s of ``embed_archive`` (tiling, patch reads, encoding,
    HDF5 writes) ÷ tiles/s of the encoder alone on preloaded uint8 batches of the same size
    (target ≥ 0.9 on CPU: the pipeline keeps the encoder busy);
 2. bf16 ÷ fp32 encoder throughput (autocast on CPU);
@@ -70,7 +70,7 @@ def rss_run(tmp: Path) -> None:
     before = peak_rss_gb()
     t = time.perf_counter()
     rows = embed_archive([path], tmp / "out_rss", encoder=enc, tiling=TileOptions(1.0, 32),
-                         batch_size=512, workers=1, progress=False)
+                         batch_size=512, progress=False)
     print(f"peak RSS: {peak_rss_gb():.2f} GB after embedding {rows[0]['n_tiles']} tiles "
           f"(before: {before:.2f} GB; {time.perf_counter() - t:.0f} s; main process only)")
 
@@ -83,7 +83,8 @@ def main() -> None:
     ap.add_argument("--slides", type=int, default=2)
     ap.add_argument("--tiles-side", type=int, default=12, help="each slide has this² tiles")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=None,
+                    help="reader processes (default: the library's choice for the device)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-rss", action="store_true")
     args = ap.parse_args()
@@ -112,8 +113,11 @@ def main() -> None:
             prec.append(encoder_only(bf16, batch, 5.0) / encoder_only(fp32, batch, 5.0))
             print(f"run {r}: encoder alone {alone:.1f} tiles/s, end to end {e2e:.1f} tiles/s",
                   file=sys.stderr)
+        from wsi.loader import default_workers
+
+        workers = default_workers(enc.device.type) if args.workers is None else args.workers
         print(f"encoder {args.encoder} ({enc.precision}) batch {args.batch_size}, "
-              f"{args.workers} reader worker(s), torch threads {torch.get_num_threads()}")
+              f"{workers} reader worker(s), torch threads {torch.get_num_threads()}")
         print(f"end-to-end ÷ encoder-only tiles/s: {statistics.median(ratios):.2f} "
               f"(target >= 0.9; {n_tiles} tiles, median of {args.repeats})")
         print(f"bf16 ÷ fp32 encoder throughput: {statistics.median(prec):.2f}")

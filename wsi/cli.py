@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="local weights file (.safetensors/.pth/.bin)")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (default 64)")
     p.add_argument("--workers", type=int, default=None,
-                   help="patch-reader processes (default: a quarter of the cores, >= 1)")
+                   help="patch-reader processes (default: 0 for a CPU encoder on <= 4 cores, "
+                        "one per 8 cores above; up to 8 for a GPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast dtype (auto: bf16/fp16 on GPU, bf16 on CPUs with native bf16)")

@@ -51,6 +51,13 @@ def _resolve_encoder(encoder: Any, weights: Any, device: Any, precision: str) ->
     return load_encoder(encoder, weights=weights, device=device, precision=precision)
 
 
+def _workers_for(encoder: Any, device: str | None) -> int:
+    from models.encoders import resolve_device
+
+    on = getattr(encoder, "device", None) or resolve_device(device)
+    return default_workers(on.type)
+
+
 def _check_encoder_name(name: str) -> None:
     """Fail fast on an unknown encoder name, without building the model."""
     from models.encoders import known_encoders, load_encoder
@@ -411,7 +418,8 @@ def embed_archive(
     Writes ``patches/{id}.h5``, ``features/{encoder}/{id}.h5``, ``qc/{id}.png|geojson`` and
     ``manifest.csv``. ``slides`` are files, folders or globs. Slides already embedded with
     the same provenance are skipped; a failed slide gets a ``failed`` row and the rest go
-    on. ``workers``: reader processes (None: a quarter of the cores, at least 1).
+    on. ``workers``: reader processes (None: :func:`wsi.loader.default_workers` for the
+    encoder's device — 0 on a small CPU machine, where reading in-process is fastest).
     Tiles that cannot be decoded (a corrupt JPEG tile) are left out and counted in the
     manifest's ``failed_tiles``; a slide with more than ``max_failed_fraction`` of them fails.
     """
@@ -426,7 +434,8 @@ def embed_archive(
     paths = find_slides(slides if not isinstance(slides, str | os.PathLike) else [slides])
     run = _ArchiveRun(
         paths, Path(out_dir), encoder, weights, options, batch_size,
-        default_workers() if workers is None else workers, device, precision, progress, debug,
+        _workers_for(encoder, device) if workers is None else workers, device, precision,
+        progress, debug,
         skip_done, max_failed_fraction,
     )
     return run.run()

@@ -135,9 +135,18 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def default_workers() -> int:
-    """Reader processes by default: a quarter of the cores (the encoder needs the rest), ≥ 1."""
-    return max(1, min(8, (os.cpu_count() or 2) // 4))
+def default_workers(device_type: str, cores: int | None = None) -> int:
+    """Reader processes for an encoder on ``device_type`` ("cpu", "cuda", "mps").
+
+    A CPU encoder is the bottleneck (a patch read costs ~1/15 of its encode) and every
+    reader process takes a core from it, so small machines read in-process (0 workers)
+    and larger ones use one reader per 8 cores. A GPU encoder needs the CPU to keep up:
+    one reader per core but one, at most 8.
+    """
+    cores = cores or os.cpu_count() or 2
+    if device_type == "cpu":
+        return 0 if cores <= 4 else max(1, cores // 8)
+    return max(1, min(8, cores - 1))
 
 
 def patch_loader(
