@@ -71,8 +71,7 @@ class Slide:
         self._fast_reads = fast_reads
         self._reader: Reader = _open_reader(self.path)
         self._fast: FastTiffReader | None = None
-        if fast_reads and self._reader.backend == "openslide":
-            self._fast = FastTiffReader.try_open(self.path)
+        self._fast_checked = not (fast_reads and self._reader.backend == "openslide")
         self.level_dimensions: tuple[tuple[int, int], ...] = self._reader.level_dimensions
         self.level_downsamples: tuple[float, ...] = self._reader.level_downsamples
         self.properties: dict[str, str] = self._reader.properties
@@ -95,7 +94,15 @@ class Slide:
     @property
     def patch_backend(self) -> str:
         """What :meth:`read_patch` decodes with: ``"fast-tiff"`` or :attr:`backend`."""
-        return "fast-tiff" if self._fast is not None else self._reader.backend
+        return "fast-tiff" if self._fast_reader() is not None else self._reader.backend
+
+    def _fast_reader(self) -> FastTiffReader | None:
+        # checked on first use: parsing a big TIFF's tile tables is not free, and opening
+        # a slide for its thumbnail or metadata should not pay for it
+        if not self._fast_checked:
+            self._fast_checked = True
+            self._fast = FastTiffReader.try_open(self.path)
+        return self._fast
 
     @property
     def vendor(self) -> str | None:
@@ -190,8 +197,9 @@ class Slide:
 
         The sub-pixel box is honoured, so the patch spans the same µm on every scanner.
         """
-        if self._fast is not None:
-            return self._fast.read_patch(x, y, size_level0, out_size, level)
+        fast = self._fast_reader()
+        if fast is not None:
+            return fast.read_patch(x, y, size_level0, out_size, level)
         ds = self.level_downsamples[level]
         lx, ly, extent = x / ds, y / ds, size_level0 / ds
         ix, iy = math.floor(lx), math.floor(ly)
