@@ -103,3 +103,15 @@ def test_real_tcga_slide_end_to_end(tmp_path):
     with h5py.File(out / "patches" / "tcga-cr-7395-01a-01-ts1.h5") as f:
         assert f["coords"].attrs["patch_level"] == 1
         assert np.all(f["coords"][:, 0] >= 0)
+
+
+def test_duplicate_slide_ids_fail_the_second_slide(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        write_reference_slide(tmp_path / sub / "same.tiff", 0.5)
+    out = tmp_path / "out"
+    code = main(["tile", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--quiet"])
+    assert code == 1
+    row = read_manifest(out)["same"]
+    assert row["status"] == "failed" and "duplicate slide id 'same'" in row["error"]
+    assert str(tmp_path / "a" / "same.tiff") in row["error"]

@@ -122,15 +122,13 @@ class Manifest:
                 writer.writerow({c: row.get(c, "") for c in self.columns})
         os.replace(tmp, self.path)
 
-    def status_counts(self, slide_ids: Iterable[str] | None = None) -> dict[str, int]:
-        """How many rows (of ``slide_ids`` when given) have each status."""
-        ids = self.rows.keys() if slide_ids is None else slide_ids
-        counts = dict.fromkeys(STATUSES, 0)
-        for sid in ids:
-            status = self.rows.get(sid, {}).get("status")
-            if status in counts:
-                counts[status] += 1
-        return counts
+
+def duplicate_id_row(path: Path, first: Path) -> dict[str, Any]:
+    """The ``failed`` row of a slide whose id (file name) an earlier slide already has."""
+    return manifest_row(
+        path, "failed", error=f"duplicate slide id {slide_id_of(path)!r}: {first} has the same "
+        "file name; rename one so outputs do not overwrite each other",
+    )
 
 
 def failure_message(exc: BaseException) -> str:
@@ -171,10 +169,7 @@ def run_batch(
         start = time.perf_counter()
         sid = slide_id_of(path)
         if sid in seen:
-            row = manifest_row(
-                path, "failed", error=f"duplicate slide id {sid!r}: {seen[sid]} has the same "
-                "file name; rename one so outputs do not overwrite each other",
-            )
+            row = duplicate_id_row(path, seen[sid])
         else:
             seen[sid] = path
             try:

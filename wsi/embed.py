@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from wsi.batch import Manifest, failure_message, find_slides, manifest_row
+from wsi.batch import Manifest, duplicate_id_row, failure_message, find_slides, manifest_row
 from wsi.loader import BatchSpec, PatchBatch, default_workers, patch_loader
 from wsi.patching import TileOptions, provenance, tile_slide, write_qc
 from wsi.slide import Slide, quickhash, slide_id_of
@@ -227,9 +227,7 @@ class _ArchiveRun:
                 start = time.perf_counter()
                 sid = slide_id_of(path)
                 if sid in seen:
-                    self._put(("row", (index, manifest_row(
-                        path, "failed", error=f"duplicate slide id {sid!r}: {seen[sid]} has the "
-                        "same file name; rename one so outputs do not overwrite each other"))))
+                    self._put(("row", (index, duplicate_id_row(path, seen[sid]))))
                     continue
                 seen[sid] = path
                 try:
@@ -253,7 +251,7 @@ class _ArchiveRun:
     def _tile_one(self, index: int, path: Path, key: dict[str, Any], start: float) -> _SlideJob:
         slide, mask, grid = tile_slide(path, self.options)
         with slide:
-            prov = provenance(slide, grid, embed_key=key)
+            prov = provenance(slide, grid, quickhash=key["slide_quickhash"], embed_key=key)
             write_coords(
                 self.out / "patches" / f"{slide.slide_id}.h5",
                 grid.coords, grid.attrs(), prov, tissue_fraction=grid.tissue_fraction,

@@ -55,13 +55,15 @@ def library_version() -> str:
         return "0+unknown"
 
 
-def provenance(slide: Slide, grid: TileGrid, **extra: Any) -> dict[str, Any]:
-    """The provenance JSON of a slide's tile files."""
+def provenance(
+    slide: Slide, grid: TileGrid, quickhash: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The provenance JSON of a slide's tile files (``quickhash``: when already computed)."""
     return {
         "library": "wsi",
         "version": library_version(),
         "slide_path": str(slide.path.resolve()),
-        "slide_quickhash": slide.quickhash(),
+        "slide_quickhash": quickhash or slide.quickhash(),
         "slide_backend": slide.backend,
         "patch_backend": slide.patch_backend,
         "tiling": grid.params(),
