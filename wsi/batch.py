@@ -11,10 +11,12 @@ import csv
 import glob
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from wsi.outputs import temporary_path
 from wsi.slide import slide_id_of
 
 SLIDE_EXTENSIONS = frozenset(
@@ -84,43 +86,92 @@ def manifest_row(
 
 
 class Manifest:
-    """``manifest.csv`` of an output folder: one row per slide, kept across re-runs.
+    """``manifest.csv`` of an output folder: one row per slide, kept across re-runs and
+    shared by concurrent runs.
 
-    Rows of slides not in the current run are kept; a slide's row is replaced when it is
-    processed again. Saved atomically after every slide, so a killed run loses nothing.
+    Every save merges with what is on disk under a lock (``.locks/manifest.csv.lock``):
+    rows this process wrote since its last save replace the disk's, the others (another
+    process's work) are kept. A row from processing a slide is saved at once (a killed run loses
+    nothing); a ``weak`` row (a slide found already done) only fills a gap or replaces a
+    ``failed`` row, and is saved at most every ``save_interval_s`` (re-runs over 100k done
+    slides would otherwise rewrite the file 100k times); :meth:`flush` saves what is left.
     """
 
-    def __init__(self, path: str | os.PathLike[str], extra_columns: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        extra_columns: Sequence[str] = (),
+        save_interval_s: float = 5.0,
+    ) -> None:
         self.path = Path(path)
         self.columns = list(MANIFEST_COLUMNS) + [c for c in extra_columns if c not in MANIFEST_COLUMNS]
-        self.rows: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            with open(self.path, newline="", encoding="utf-8") as f:
-                for row in csv.DictReader(f):
-                    if row.get("slide_id"):
-                        self.rows[row["slide_id"]] = row
-                        for key in row:
-                            if key and key not in self.columns:
-                                self.columns.append(key)
+        self.save_interval_s = save_interval_s
+        self.rows: dict[str, dict[str, Any]] = self._read()
+        self._strong: set[str] = set()
+        self._weak: set[str] = set()
+        self._pending = False
+        self._last_save = -math.inf
 
-    def update(self, row: Mapping[str, Any]) -> None:
-        """Insert or replace the row of ``row['slide_id']`` and save."""
+    def _read(self) -> dict[str, dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        if not self.path.exists():
+            return rows
+        with open(self.path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                if row.get("slide_id"):
+                    rows[row["slide_id"]] = row
+                    self._add_columns(row)
+        return rows
+
+    def _add_columns(self, row: Mapping[str, Any]) -> None:
         for key in row:
-            if key not in self.columns:
+            if key and key not in self.columns:
                 self.columns.append(key)
-        self.rows[str(row["slide_id"])] = dict(row)
-        self.save()
+
+    def update(self, row: Mapping[str, Any], *, weak: bool = False) -> None:
+        """Insert or replace the row of ``row['slide_id']`` and save (see the class doc)."""
+        sid = str(row["slide_id"])
+        self._add_columns(row)
+        if weak and sid in self.rows and self.rows[sid].get("status") != "failed":
+            return
+        self.rows[sid] = dict(row)
+        (self._weak if weak else self._strong).add(sid)
+        self._pending = True
+        if not weak or time.monotonic() - self._last_save >= self.save_interval_s:
+            self.save()
+
+    def flush(self) -> None:
+        """Save rows not saved yet."""
+        if self._pending:
+            self.save()
 
     def save(self) -> None:
-        """Write the CSV under a temporary name and rename it into place."""
+        """Merge with the file on disk under the manifest lock, then write the CSV under a
+        temporary name and rename it into place."""
+        from wsi.outputs import FileLock
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            writer.writeheader()
-            for row in self.rows.values():
-                writer.writerow({c: row.get(c, "") for c in self.columns})
-        os.replace(tmp, self.path)
+        lock = FileLock.acquire(self.path.parent / ".locks" / f"{self.path.name}.lock")
+        assert lock is not None
+        with lock:
+            merged = self._read()
+            for sid in self._strong:
+                merged[sid] = self.rows[sid]
+            for sid in self._weak - self._strong:
+                if merged.get(sid, {}).get("status", "failed") == "failed":
+                    merged[sid] = self.rows[sid]
+            tmp = temporary_path(self.path)
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+                writer.writeheader()
+                for row in merged.values():
+                    writer.writerow({c: row.get(c, "") for c in self.columns})
+            os.replace(tmp, self.path)
+        self.rows = merged
+        self._strong.clear()
+        self._weak.clear()
+        self._pending = False
+        self._last_save = time.monotonic()
 
 
 def duplicate_id_row(path: Path, first: Path) -> dict[str, Any]:
@@ -156,7 +207,6 @@ def run_batch(
     ``slide_id: failed: message``; with ``debug`` the traceback is printed too.
     KeyboardInterrupt stops the batch.
     """
-    import time
     import traceback
 
     from tqdm.auto import tqdm

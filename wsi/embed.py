@@ -23,13 +23,13 @@ import numpy as np
 
 from wsi.batch import Manifest, duplicate_id_row, failure_message, find_slides, manifest_row
 from wsi.loader import BatchSpec, PatchBatch, default_workers, patch_loader
+from wsi.outputs import FileLock, lock_holder, remove_stale_temporaries, slide_lock_path, take_slide
 from wsi.patching import TileOptions, provenance, tile_slide, write_qc
 from wsi.slide import Slide, quickhash, slide_id_of
 from wsi.store import (
     FeatureBag,
     FeatureWriter,
     read_provenance,
-    remove_stale_temporaries,
     write_coords,
 )
 from wsi.tiling import TileGrid
@@ -123,6 +123,7 @@ class _SlideJob:
     failed: bool = False
     bad_tiles: np.ndarray | None = None
     tile_error: str | None = None
+    lock: FileLock | None = None
 
     @property
     def n_tiles(self) -> int:
@@ -147,6 +148,8 @@ class _ArchiveRun:
         debug: bool,
         skip_done: bool,
         max_failed_fraction: float,
+        write_manifest: bool = True,
+        loaded_encoder: Any = None,
     ) -> None:
         self.slides, self.out, self.options = slides, out, options
         self.max_failed_fraction = max_failed_fraction
@@ -156,10 +159,10 @@ class _ArchiveRun:
         self.device, self.precision = device, precision
         self.progress, self.debug, self.skip_done = progress, debug, skip_done
         self.features_dir = out / "features" / encoder_dirname(self.encoder_name)
-        self.manifest = Manifest(out / "manifest.csv")
+        self.manifest = Manifest(out / "manifest.csv") if write_manifest else None
         self.jobs: dict[int, _SlideJob] = {}
         self.rows: dict[int, dict[str, Any]] = {}
-        self._encoder: Any = None
+        self._encoder: Any = loaded_encoder
         self._slide_bar: Any = None
         self._tile_bar: Any = None
         self._current = -1
@@ -220,33 +223,63 @@ class _ArchiveRun:
 
     def _tile_all(self) -> None:
         seen: dict[str, Path] = {}
+        deferred: list[tuple[int, Path]] = []
         try:
             for index, path in enumerate(self.slides):
                 if self._stop.is_set():
                     return
-                start = time.perf_counter()
                 sid = slide_id_of(path)
                 if sid in seen:
-                    self._put(("row", (index, duplicate_id_row(path, seen[sid]))))
+                    self._put(("row", (index, duplicate_id_row(path, seen[sid]), None, False)))
                     continue
                 seen[sid] = path
-                try:
-                    key = self.embed_key(path)
-                    done = self._done_row(path, key)
-                    if done is not None:
-                        self._put(("row", (index, done)))
-                        continue
-                    self._put(("job", self._tile_one(index, path, key, start)))
-                except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
-                    if self.debug:
-                        import traceback
-
-                        traceback.print_exc()
-                    self._put(("row", (index, manifest_row(
-                        path, "failed", seconds=time.perf_counter() - start,
-                        error=failure_message(exc)))))
+                lock = take_slide(self.out, sid, self.features_dir)
+                if lock is None:
+                    deferred.append((index, path))  # another process has it: come back later
+                    continue
+                self._prepare(index, path, lock)
+            for index, path in deferred:
+                lock = self._wait_for(path)
+                if lock is None:
+                    return
+                self._prepare(index, path, lock)
         finally:
             self._put(("end", None))
+
+    def _wait_for(self, path: Path) -> FileLock | None:
+        """Wait until the process working on ``path`` lets go of it (None: run stopped)."""
+        from tqdm.auto import tqdm
+
+        sid = slide_id_of(path)
+        holder = lock_holder(slide_lock_path(self.out, sid)) or {}
+        tqdm.write(f"{sid}: being processed by {holder.get('host', '?')} pid "
+                   f"{holder.get('pid', '?')}; waiting for it")
+        while not self._stop.is_set():
+            lock = take_slide(self.out, sid, self.features_dir, wait=True, timeout_s=1.0)
+            if lock is not None:
+                return lock
+        return None
+
+    def _prepare(self, index: int, path: Path, lock: FileLock) -> None:
+        """Under the slide's lock: a done row, a failed row or a tiled job for the encoder."""
+        start = time.perf_counter()
+        try:
+            key = self.embed_key(path)
+            done = self._done_row(path, key)
+            if done is not None:
+                self._put(("row", (index, done, lock, True)))
+                return
+            job = self._tile_one(index, path, key, start)
+            job.lock = lock
+            self._put(("job", job))
+        except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
+            if self.debug:
+                import traceback
+
+                traceback.print_exc()
+            self._put(("row", (index, manifest_row(
+                path, "failed", seconds=time.perf_counter() - start,
+                error=failure_message(exc)), lock, False)))
 
     def _tile_one(self, index: int, path: Path, key: dict[str, Any], start: float) -> _SlideJob:
         slide, mask, grid = tile_slide(path, self.options)
@@ -274,8 +307,10 @@ class _ArchiveRun:
             if kind == "end":
                 return
             if kind == "row":
-                index, row = payload
-                self._record(index, row)
+                index, row, lock, weak = payload
+                self._record(index, row, weak=weak)
+                if lock is not None:
+                    lock.release()
                 continue
             job: _SlideJob = payload
             self.jobs[job.index] = job
@@ -333,6 +368,7 @@ class _ArchiveRun:
             self._record(job.index, manifest_row(
                 job.path, "failed", n_tiles=job.n_tiles, mpp=job.mpp, mpp_source=job.mpp_source,
                 seconds=time.perf_counter() - job.started, error=message))
+            self._release(job)
             return
         if job.rows_done == job.n_tiles:
             self._commit(job)
@@ -356,13 +392,22 @@ class _ArchiveRun:
                 mpp_source=job.mpp_source, seconds=seconds, failed_tiles=n_bad,
                 error=f"skipped {n_bad} undecodable tiles; first: {job.tile_error}" if n_bad else "")
         self._record(job.index, row)
+        self._release(job)
         del self.jobs[job.index]
 
-    def _record(self, index: int, row: dict[str, Any]) -> None:
+    @staticmethod
+    def _release(job: _SlideJob) -> None:
+        """Let other processes at the slide: after its files and manifest row are final."""
+        if job.lock is not None:
+            job.lock.release()
+            job.lock = None
+
+    def _record(self, index: int, row: dict[str, Any], weak: bool = False) -> None:
         from tqdm.auto import tqdm
 
         self.rows[index] = row
-        self.manifest.update(row)
+        if self.manifest is not None:
+            self.manifest.update(row, weak=weak)
         if row["status"] == "failed":
             tqdm.write(f"{row['slide_id']}: failed: {row['error']}")
         if self._slide_bar is not None:
@@ -390,6 +435,9 @@ class _ArchiveRun:
             for job in self.jobs.values():
                 if job.writer is not None:
                     job.writer.abort()
+                self._release(job)
+            if self.manifest is not None:
+                self.manifest.flush()
             self._slide_bar.close()
             self._tile_bar.close()
         return [self.rows[i] for i in sorted(self.rows)]

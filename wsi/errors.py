@@ -66,6 +66,10 @@ class FeatureFileError(WsiError):
     """An HDF5 coords/features file that is truncated, of the wrong layout or shape."""
 
 
+class OutputFolderError(WsiError):
+    """The output folder cannot be written or locked (permissions, a filesystem without flock)."""
+
+
 class LabelsError(WsiError, ValueError):
     """A labels table that cannot be used: no ``slide_id`` column, duplicates, bad values."""
 
@@ -81,6 +85,7 @@ __all__ = [
     "MissingMppError",
     "ModelsError",
     "MppError",
+    "OutputFolderError",
     "SlideError",
     "SlideNotFoundError",
     "SlideOpenError",

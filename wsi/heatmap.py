@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +21,7 @@ from scipy.stats import rankdata
 
 from wsi.errors import InvalidParameterError
 from wsi.geojson import feature_collection, polygon_feature
+from wsi.outputs import temporary_path
 from wsi.qc import (
     CAPTION_PX,
     MAX_SIDE_PX,
@@ -247,9 +247,9 @@ def save_png(image: Image.Image | np.ndarray, path: str | os.PathLike[str]) -> P
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     picture = image if isinstance(image, Image.Image) else Image.fromarray(as_rgb(image))
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    temporary = temporary_path(target)
     try:
-        with open(temporary, "xb") as handle:
+        with open(temporary, "wb") as handle:
             picture.save(handle, format="PNG")
         os.replace(temporary, target)
     except BaseException:

@@ -16,6 +16,7 @@ from typing import Any
 from wsi.batch import Manifest, manifest_row, run_batch
 from wsi.errors import SlideReadError
 from wsi.heatmap import save_png
+from wsi.outputs import temporary_path
 from wsi.qc import qc_image
 from wsi.slide import Slide, open_slide
 from wsi.store import write_coords
@@ -108,7 +109,7 @@ def write_qc(out_dir: Path, slide: Slide, mask: TissueMask, grid: TileGrid) -> N
         mpp=grid.mpp,
     )
     save_png(image, qc_dir / f"{sid}.png")
-    tmp = qc_dir / f".{sid}.geojson.tmp-{os.getpid()}"
+    tmp = temporary_path(qc_dir / f"{sid}.geojson")
     tmp.write_text(json.dumps(mask.to_geojson()))
     os.replace(tmp, qc_dir / f"{sid}.geojson")
 

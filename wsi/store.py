@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from wsi.errors import FeatureFileError
+from wsi.outputs import temporary_path
 
 FEATURE_CHUNK_ROWS = 256
 
@@ -43,11 +44,6 @@ class TileFile:
     features: np.ndarray | None = None
     features_attrs: dict[str, Any] | None = None
     tissue_fraction: np.ndarray | None = None
-
-
-def temporary_path(path: Path) -> Path:
-    """A hidden sibling name unique to this process, for write-then-rename."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def _clean_attr(value: Any) -> Any:
@@ -281,26 +277,3 @@ class FeatureBag:
         """int64 (N, 2) level-0 top-left coordinates."""
         with h5py.File(self.path, "r") as f:
             return f["coords"][()].astype(np.int64)
-
-
-def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete ``.{name}.tmp-{pid}`` files left by processes that no longer run (a killed
-    run); return what was removed. Files of live processes are left alone."""
-    removed = []
-    root = Path(folder)
-    if not root.is_dir():
-        return removed
-    for tmp in root.glob(".*.tmp-*"):
-        pid_text = tmp.name.rsplit(".tmp-", 1)[-1]
-        if not pid_text.isdigit():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-            continue  # the writer is alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user's
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
