@@ -4,7 +4,9 @@ one logs what it encodes)."""
 from __future__ import annotations
 
 import os
+import signal
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -34,6 +36,29 @@ class TinyNet(nn.Module):
                 f.write(f"{os.getpid()} {x.shape[0]}\n")
         cells = nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
         return self.project(cells)
+
+
+class KillOnce(nn.Module):
+    """``TinyNet`` that SIGKILLs its own process on its first batch while ``marker`` does
+    not exist (and creates it): a worker dying mid-slide, once."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.net = TinyNet()
+        self.marker = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not Path(self.marker).exists():
+            Path(self.marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.net(x)
+
+
+def kill_once_encoder(marker: str | os.PathLike[str]):
+    """An encoder named ``tiny`` (same features) whose first batch kills its process."""
+    return encoder_from_module(
+        KillOnce(str(marker)), TINY_DIM, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), name="tiny"
+    )
 
 
 def tiny_encoder(sleep_s: float = 0.0, name: str = "tiny", log: bool = False):

@@ -9,6 +9,7 @@ attention-MIL heads. The notebook API::
     grid = wsi.tile(slide, mpp=0.5, size=224)  # .coords (N, 2) int64, level-0, top-left
     feats = wsi.embed(slide, grid, encoder="efficientnet_lite0")   # (N, D) float32
     wsi.embed_archive(["slides/"], "out/")     # batch: files, folders or globs
+    wsi.embed_archive(["slides/"], "out/", backend="ray")   # one Ray task per slide
 
 ``embed`` and ``embed_archive`` import torch on first use, so ``import wsi`` stays light.
 """
@@ -30,6 +31,7 @@ from wsi.errors import (
     SlideTooSmallError,
     WsiError,
 )
+from wsi.ray_backend import RayOptions
 from wsi.slide import Slide, open_slide
 from wsi.tiling import TileGrid, tile
 from wsi.tissue import TissueMask, detect_tissue
@@ -55,6 +57,7 @@ __all__ = [
     "LabelsError",
     "MissingMppError",
     "MppError",
+    "RayOptions",
     "Slide",
     "SlideError",
     "SlideNotFoundError",

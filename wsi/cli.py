@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast dtype (auto: bf16/fp16 on GPU, bf16 on CPUs with native bf16)")
     p.add_argument("--redo", action="store_true", help="re-embed slides already done")
     _add_tiling_args(p)
+    g = p.add_argument_group("Ray cluster (pip install \"wsi[ray]\")")
+    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="one Ray task per slide; ADDRESS of the cluster (auto, host:6379, "
+                        "ray://host:10001), none for a local Ray or RAY_ADDRESS")
+    g.add_argument("--retries", type=int, default=2,
+                   help="extra attempts of a slide task whose worker dies (default 2)")
+    g.add_argument("--cpus-per-task", type=float, default=None,
+                   help="CPUs per slide task (default 1; on GPU nodes their CPUs per GPU, <= 8)")
+    g.add_argument("--gpus-per-task", type=float, default=None,
+                   help="GPUs per slide task (default 1 when the cluster has GPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_embed)
 
@@ -131,13 +141,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
     """``wsi embed``: tile and encode each slide into features/{encoder}/{slide_id}.h5."""
     from wsi.embed import embed_archive
     from wsi.patching import TileOptions
+    from wsi.ray_backend import RayOptions
 
     options = TileOptions(args.mpp, args.size, args.overlap, args.min_tissue, args.slide_mpp)
+    ray = RayOptions(
+        address=None if args.ray == "local" else args.ray, retries=args.retries,
+        cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,
+    )
     rows = embed_archive(
         args.slides, args.out, encoder=args.encoder, weights=args.weights, tiling=options,
         batch_size=args.batch_size, workers=args.workers,
         device=None if args.device == "auto" else args.device, precision=args.precision,
         progress=not args.quiet, debug=args.debug, skip_done=not args.redo,
+        backend="local" if args.ray is None else "ray", ray=ray,
     )
     return _finish(rows, args.out)
 
@@ -194,7 +210,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wsi`` console script."""
-    from wsi.errors import InvalidParameterError, ModelsError, WsiError
+    from wsi.errors import BackendUnavailableError, InvalidParameterError, ModelsError, WsiError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -207,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"wsi {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ValueError | ModelsError) else EXIT_SOME_FAILED
+        usage = isinstance(exc, ValueError | ModelsError | BackendUnavailableError)
+        return EXIT_USAGE if usage else EXIT_SOME_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -25,6 +25,7 @@ from wsi.batch import Manifest, duplicate_id_row, failure_message, find_slides, 
 from wsi.loader import BatchSpec, PatchBatch, default_workers, patch_loader
 from wsi.outputs import FileLock, lock_holder, remove_stale_temporaries, slide_lock_path, take_slide
 from wsi.patching import TileOptions, provenance, tile_slide, write_qc
+from wsi.ray_backend import RayOptions, import_ray, run_on_ray
 from wsi.slide import Slide, quickhash, slide_id_of
 from wsi.store import (
     FeatureBag,
@@ -187,7 +188,7 @@ class _ArchiveRun:
     def features_path(self, slide_id: str) -> Path:
         return self.features_dir / f"{slide_id}.h5"
 
-    def _done_row(self, path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    def done_row(self, path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         target = self.features_path(slide_id_of(path))
         if not self.skip_done or not target.exists():
             return None
@@ -265,7 +266,7 @@ class _ArchiveRun:
         start = time.perf_counter()
         try:
             key = self.embed_key(path)
-            done = self._done_row(path, key)
+            done = self.done_row(path, key)
             if done is not None:
                 self._put(("row", (index, done, lock, True)))
                 return
@@ -458,6 +459,8 @@ def embed_archive(
     debug: bool = False,
     skip_done: bool = True,
     max_failed_fraction: float = 0.05,
+    backend: str = "local",
+    ray: RayOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Tile and embed every slide into ``out_dir``; return one manifest row per slide.
 
@@ -468,6 +471,10 @@ def embed_archive(
     encoder's device — 0 on a small CPU machine, where reading in-process is fastest).
     Tiles that cannot be decoded (a corrupt JPEG tile) are left out and counted in the
     manifest's ``failed_tiles``; a slide with more than ``max_failed_fraction`` of them fails.
+
+    ``backend="ray"`` runs one Ray task per slide on a cluster (``ray``: address, retries,
+    CPUs/GPUs per task; see :mod:`wsi.ray_backend`); the files written are the same.
+    Several runs may share one output folder: each slide is processed under a lock.
     """
     from wsi.errors import InvalidParameterError
 
@@ -475,6 +482,10 @@ def embed_archive(
     options.check()
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise InvalidParameterError(f"batch size must be a positive integer, got {batch_size!r}")
+    if backend not in ("local", "ray"):
+        raise InvalidParameterError(f"backend must be 'local' or 'ray', got {backend!r}")
+    if backend == "ray":
+        import_ray()
     if isinstance(encoder, str):
         _check_encoder_name(encoder)
     paths = find_slides(slides if not isinstance(slides, str | os.PathLike) else [slides])
@@ -484,4 +495,6 @@ def embed_archive(
         progress, debug,
         skip_done, max_failed_fraction,
     )
+    if backend == "ray":
+        return run_on_ray(run, ray or RayOptions())
     return run.run()

@@ -66,6 +66,10 @@ class FeatureFileError(WsiError):
     """An HDF5 coords/features file that is truncated, of the wrong layout or shape."""
 
 
+class BackendUnavailableError(WsiError):
+    """An optional backend (Ray) is not installed or its cluster cannot be reached."""
+
+
 class OutputFolderError(WsiError):
     """The output folder cannot be written or locked (permissions, a filesystem without flock)."""
 
@@ -75,6 +79,7 @@ class LabelsError(WsiError, ValueError):
 
 
 __all__ = [
+    "BackendUnavailableError",
     "CheckpointError",
     "EncoderWeightsError",
     "FeatureFileError",
