@@ -5,8 +5,8 @@ Prints:
    one task per slide, one encoder thread per task) with the default encoder, and
    Ray ÷ local;
 2. Ray's overhead per slide: (Ray - local) wall time per slide with a near-free encoder
-   (so tiling + scheduling + task start + result collection dominate), after the workers
-   have loaded the model once.
+   (so tiling + scheduling + task start + result collection dominate), both on one core
+   (a 1-CPU Ray cluster vs one torch thread), after the workers have loaded the model.
 
 Each figure is the median of ``--repeats`` runs into fresh output folders.
 
@@ -67,12 +67,21 @@ def main() -> None:
         print(f"{args.slides} slides x {n_tiles // args.slides} tiles, {args.cpus} CPUs, "
               f"torch threads {torch.get_num_threads()}", flush=True)
         results: dict[str, list[float]] = {}
-        for name, enc in (("real", real), ("cheap", cheap)):
+
+        def measure(name, enc):
             timed(work / "slides", work, enc, "ray", args.batch_size)  # workers load the model
             for _ in range(args.repeats):
                 for backend in ("local", "ray"):
                     seconds = timed(work / "slides", work, enc, backend, args.batch_size)
                     results.setdefault(f"{name}-{backend}", []).append(seconds)
+
+        measure("real", real)
+        ray.shutdown()
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        measure("cheap", cheap)
+        torch.set_num_threads(threads)
         med = {k: statistics.median(v) for k, v in results.items()}
         per_hour = {b: 3600 * args.slides / med[f"real-{b}"] for b in ("local", "ray")}
         print(f"efficientnet_lite0: local {per_hour['local']:.0f} slides/h "
@@ -80,9 +89,9 @@ def main() -> None:
               f"({n_tiles / med['real-ray']:.1f} tiles/s); Ray / local = "
               f"{per_hour['ray'] / per_hour['local']:.2f}")
         overhead = (med["cheap-ray"] - med["cheap-local"]) / args.slides
-        print(f"near-free encoder: local {med['cheap-local'] / args.slides:.2f} s/slide, Ray "
-              f"{med['cheap-ray'] / args.slides:.2f} s/slide; Ray overhead {overhead:+.2f} s/slide "
-              f"(with {args.cpus} tasks in parallel)")
+        print(f"near-free encoder, one core: local {med['cheap-local'] / args.slides:.2f} s/slide, "
+              f"Ray {med['cheap-ray'] / args.slides:.2f} s/slide; Ray overhead "
+              f"{overhead:+.2f} s/slide")
         print("runs (s):", {k: [round(x, 2) for x in v] for k, v in results.items()})
     finally:
         ray.shutdown()

@@ -149,7 +149,7 @@ class _ArchiveRun:
         debug: bool,
         skip_done: bool,
         max_failed_fraction: float,
-        write_manifest: bool = True,
+        task_of_driver: bool = False,
         loaded_encoder: Any = None,
     ) -> None:
         self.slides, self.out, self.options = slides, out, options
@@ -160,7 +160,10 @@ class _ArchiveRun:
         self.device, self.precision = device, precision
         self.progress, self.debug, self.skip_done = progress, debug, skip_done
         self.features_dir = out / "features" / encoder_dirname(self.encoder_name)
-        self.manifest = Manifest(out / "manifest.csv") if write_manifest else None
+        # One slide task of a distributed run: the driver writes the manifest and cleans
+        # the folders (a task scanning a 100k-file folder per slide would not scale).
+        self.task_of_driver = task_of_driver
+        self.manifest = None if task_of_driver else Manifest(out / "manifest.csv")
         self.jobs: dict[int, _SlideJob] = {}
         self.rows: dict[int, dict[str, Any]] = {}
         self._encoder: Any = loaded_encoder
@@ -414,11 +417,16 @@ class _ArchiveRun:
         if self._slide_bar is not None:
             self._slide_bar.update(1)
 
+    def clean_folders(self) -> None:
+        """Delete temporaries that dead processes of this host left in the output folders."""
+        for folder in (self.out / "patches", self.features_dir, self.out / "qc", self.out):
+            remove_stale_temporaries(folder)
+
     def run(self) -> list[dict[str, Any]]:
         from tqdm.auto import tqdm
 
-        for folder in (self.out / "patches", self.features_dir, self.out / "qc", self.out):
-            remove_stale_temporaries(folder)
+        if not self.task_of_driver:
+            self.clean_folders()
         self._slide_bar = tqdm(total=len(self.slides), desc="slides", unit="slide",
                                disable=not self.progress, position=0, dynamic_ncols=True)
         self._tile_bar = tqdm(desc="tiles", unit="tile", disable=not self.progress,

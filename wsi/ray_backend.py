@@ -159,7 +159,7 @@ def embed_slide_task(
     run = _ArchiveRun(
         [Path(path)], Path(out), encoder_name, weights, tiling, batch_size, workers, device,
         precision, progress=False, debug=False, skip_done=skip_done,
-        max_failed_fraction=max_failed_fraction, write_manifest=False, loaded_encoder=loaded,
+        max_failed_fraction=max_failed_fraction, task_of_driver=True, loaded_encoder=loaded,
     )
     return run.run()[0]
 
@@ -181,7 +181,6 @@ def run_on_ray(run: Any, options: RayOptions) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
     from wsi.batch import duplicate_id_row, failure_message, manifest_row
-    from wsi.outputs import remove_stale_temporaries
     from wsi.slide import slide_id_of
 
     ray = import_ray()
@@ -190,8 +189,7 @@ def run_on_ray(run: Any, options: RayOptions) -> list[dict[str, Any]]:
     started_here = _connect(ray, options.address)
     try:
         place = _placement(ray, options, run.device)
-        for folder in (run.out / "patches", run.features_dir, run.out / "qc", run.out):
-            remove_stale_temporaries(folder)
+        run.clean_folders()
         encoder = run.encoder_arg if isinstance(run.encoder_arg, str) else ray.put(run.encoder_arg)
         task = ray.remote(embed_slide_task).options(
             num_cpus=place.cpus, num_gpus=place.gpus, max_retries=options.retries,
