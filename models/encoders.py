@@ -44,6 +44,7 @@ from torch import nn
 
 from models.cpu import keep_large_allocations
 from models.errors import EncoderWeightsError, HubUnavailableError, UnknownEncoderError
+from models.fusion import fold_batchnorm
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Weights = str | os.PathLike | None
@@ -520,6 +521,8 @@ def _from_data_config(
     if height != width:
         raise ValueError(f"{name}: non-square input {height}x{width} px is not supported")
     interpolation = data.get("interpolation", "bicubic")
+    probe = torch.randn(2, channels, height, width, generator=torch.Generator().manual_seed(0))
+    module, _ = fold_batchnorm(module, probe)
     return Encoder(
         module=module.eval(),
         name=name,
