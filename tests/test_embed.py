@@ -194,3 +194,22 @@ def test_a_corrupt_tile_is_skipped_and_counted(tmp_path):
     strict = embed_archive([path], tmp_path / "strict", encoder="tiny", workers=0,
                            progress=False, max_failed_fraction=0.0)
     assert strict[0]["status"] == "failed" and "could not be decoded" in strict[0]["error"]
+
+
+def test_a_slide_whose_qc_cannot_be_written_fails_without_features(archive, tmp_path, monkeypatch):
+    import wsi.embed as embed_module
+
+    real_write_qc = embed_module.write_qc
+
+    def failing_for_b(out_dir, slide, mask, grid):
+        if slide.slide_id == "b":
+            raise OSError(28, "No space left on device")
+        return real_write_qc(out_dir, slide, mask, grid)
+
+    monkeypatch.setattr(embed_module, "write_qc", failing_for_b)
+    rows = embed_archive([archive], tmp_path / "out", encoder="tiny", workers=0, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert "No space left on device" in rows[1]["error"]
+    feats = tmp_path / "out" / "features" / "tiny"
+    assert sorted(p.name for p in feats.iterdir()) == ["a.h5", "c.h5"]
+    assert sorted(p.name for p in (tmp_path / "out" / "qc").glob("*.png")) == ["a.png", "c.png"]

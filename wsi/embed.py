@@ -125,6 +125,9 @@ class _SlideJob:
     bad_tiles: np.ndarray | None = None
     tile_error: str | None = None
     lock: FileLock | None = None
+    qc_done: threading.Event = field(default_factory=threading.Event)
+    """Set once ``qc/`` is written (by the tiling thread, while the slide is encoded)."""
+    qc_error: str | None = None
 
     @property
     def n_tiles(self) -> int:
@@ -273,9 +276,7 @@ class _ArchiveRun:
             if done is not None:
                 self._put(("row", (index, done, lock, True)))
                 return
-            job = self._tile_one(index, path, key, start)
-            job.lock = lock
-            self._put(("job", job))
+            self._tile_one(index, path, key, start, lock)
         except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
             if self.debug:
                 import traceback
@@ -285,7 +286,10 @@ class _ArchiveRun:
                 path, "failed", seconds=time.perf_counter() - start,
                 error=failure_message(exc)), lock, False)))
 
-    def _tile_one(self, index: int, path: Path, key: dict[str, Any], start: float) -> _SlideJob:
+    def _tile_one(
+        self, index: int, path: Path, key: dict[str, Any], start: float, lock: FileLock
+    ) -> None:
+        """Tile, hand the job to the encoder, then draw the QC picture meanwhile."""
         slide, mask, grid = tile_slide(path, self.options)
         with slide:
             prov = provenance(slide, grid, quickhash=key["slide_quickhash"], embed_key=key)
@@ -293,12 +297,18 @@ class _ArchiveRun:
                 self.out / "patches" / f"{slide.slide_id}.h5",
                 grid.coords, grid.attrs(), prov, tissue_fraction=grid.tissue_fraction,
             )
-            write_qc(self.out, slide, mask, grid)
-            return _SlideJob(
+            job = _SlideJob(
                 index=index, path=path, slide_id=slide.slide_id, coords=grid.coords,
                 tissue_fraction=grid.tissue_fraction, attrs=grid.attrs(), provenance=prov,
-                mpp=slide.mpp, mpp_source=slide.mpp_source, started=start, grid=grid,
+                mpp=slide.mpp, mpp_source=slide.mpp_source, started=start, grid=grid, lock=lock,
             )
+            self._put(("job", job))
+            try:
+                write_qc(self.out, slide, mask, grid)
+            except Exception as exc:  # noqa: BLE001 - the slide fails at its commit
+                job.qc_error = failure_message(exc)
+            finally:
+                job.qc_done.set()
 
     # stage 2: the sampler, consumed lazily by the DataLoader in this thread --------------
     def _specs(self) -> Iterator[BatchSpec]:
@@ -379,9 +389,17 @@ class _ArchiveRun:
 
     def _commit(self, job: _SlideJob) -> None:
         assert job.writer is not None
+        while not job.qc_done.wait(0.2):  # the features go final only after the QC files
+            if self._stop.is_set():
+                return
         n_bad = 0 if job.bad_tiles is None else int(job.bad_tiles.sum())
         seconds = time.perf_counter() - job.started
-        if n_bad > self.max_failed_fraction * job.n_tiles:
+        if job.qc_error is not None:
+            job.writer.abort()
+            row = manifest_row(
+                job.path, "failed", n_tiles=job.n_tiles, mpp=job.mpp, mpp_source=job.mpp_source,
+                seconds=seconds, error=job.qc_error)
+        elif n_bad > self.max_failed_fraction * job.n_tiles:
             job.writer.abort()
             row = manifest_row(
                 job.path, "failed", n_tiles=job.n_tiles, mpp=job.mpp, mpp_source=job.mpp_source,

@@ -250,7 +250,7 @@ def save_png(image: Image.Image | np.ndarray, path: str | os.PathLike[str]) -> P
     temporary = temporary_path(target)
     try:
         with open(temporary, "wb") as handle:
-            picture.save(handle, format="PNG")
+            picture.save(handle, format="PNG", compress_level=1)
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
