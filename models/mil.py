@@ -81,12 +81,23 @@ def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
     """Softmax over the last dim (tiles), restricted to ``mask``; masked tiles get exactly 0.
 
     ``scores`` is (B, ..., N) and ``mask`` (B, N). A bag with no real tile gets all zeros.
+    Written out (max, exp, sum, divide) in float32 rather than with ``softmax``: torch's CPU
+    softmax backward depends on the thread count, so training would differ (~1e-8) between
+    machines; this form does not.
     """
+    x = scores.float()
+    if x.shape[-1] == 0:
+        return scores.clone()
     if mask is None:
-        return scores.softmax(dim=-1)
-    keep = mask.view(mask.shape[0], *([1] * (scores.dim() - 2)), mask.shape[-1])
-    filled = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
-    return filled.softmax(dim=-1) * keep
+        keep = torch.ones_like(x, dtype=torch.bool)
+    else:
+        keep = mask.view(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[-1]).expand_as(x)
+    floor = torch.finfo(x.dtype).min
+    top = x.detach().masked_fill(~keep, floor).amax(dim=-1, keepdim=True)
+    shifted = torch.where(keep, x - top, torch.full_like(x, -torch.inf))
+    weights = shifted.exp()
+    total = weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    return (weights / total).to(scores.dtype)
 
 
 class MILModel(nn.Module):

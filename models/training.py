@@ -14,9 +14,12 @@ index), an optional patient column, and target columns. Empty cells (NaN, None, 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -32,11 +35,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
+from models.atomic import remove_stale_temporaries, write_atomic, write_text_atomic
 from models.errors import CheckpointError, TrainingDataError
 from models.metrics import classification_metrics, regression_metrics
 from models.mil import MILModel, MILOutput, TaskSpec, build_model
 
 CHECKPOINT_VERSION = 1
+FINISHED_RUN = "metrics.json"  # written last: a run folder is finished when it exists
+FINISHED_FOLD = "metrics.json"  # in fold_<k>/, written last: the fold is finished
+RUN_KEY_VERSION = 1
+_FOLD_DIR = re.compile(r"fold_(\d+)")
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -62,8 +70,10 @@ class TrainConfig:
     each training bag to at most that many tiles, freshly each epoch (inference always uses
     all tiles). ``batch_size`` bags per step (>1: zero-padded with masks). ``precision``
     applies to CUDA only ("auto": bf16 where supported, else fp16); CPU always runs fp32 and
-    is bit-deterministic for a given ``seed`` (whatever ``num_workers``). Training seeds
-    torch's global RNG with ``seed``.
+    is bit-deterministic for a given ``seed`` and number of torch threads (whatever
+    ``num_workers``); another thread count changes float32 rounding (~1e-8: torch's CPU
+    softmax backward, for one, depends on it). Each fit seeds torch's global RNG with
+    ``seed``, so a fold's model does not depend on the folds trained before it.
     """
 
     epochs: int = 40
@@ -543,9 +553,8 @@ class TrainedModel:
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write a checkpoint (torch.save of a plain dict; read with :func:`load_checkpoint`)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write a checkpoint (torch.save of a plain dict; read with :func:`load_checkpoint`),
+        atomically: a crash leaves the previous file or the new one, never a partial one."""
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         checkpoint = {
             "format_version": CHECKPOINT_VERSION,
@@ -562,10 +571,7 @@ class TrainedModel:
             "best_epoch": self.best_epoch,
             "curves": self.curves.to_dict(orient="list"),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
 
     def attention(self, bag: Any) -> dict[str, np.ndarray]:
         """Per-task attention over the tiles of one (N, D) bag: task -> (N,) summing to 1."""
@@ -911,12 +917,16 @@ def train(
 @dataclass
 class CVResult:
     """Cross-validation results: ``metrics`` (the metrics.json dict), out-of-fold
-    ``predictions`` (one row per slide), the fold of each slide and each fold's model."""
+    ``predictions`` (one row per slide), the fold of each slide and each fold's model;
+    ``final``: the model trained on every slide (``refit=True``), and ``reused_folds``: the
+    folds read back from ``out_dir`` instead of trained (a resumed run)."""
 
     metrics: dict[str, Any]
     predictions: pd.DataFrame
     folds: np.ndarray
     models: list[TrainedModel]
+    final: TrainedModel | None = None
+    reused_folds: list[int] = field(default_factory=list)
 
     def summary(self) -> pd.DataFrame:
         """One row per (task, metric): mean and sample sd over folds (NaN folds skipped)."""
@@ -959,54 +969,87 @@ def cross_validate(
     out_dir: str | os.PathLike[str] | None = None,
     encoder: str | None = None,
     progress: bool = True,
+    refit: bool = False,
+    data_key: str | None = None,
 ) -> CVResult:
     """K-fold cross-validation grouped by patient and stratified by the first class target.
 
     Each fold trains on the others (with its own early-stopping split) and predicts its
     slides. Metrics per fold and their mean: AUC (macro one-vs-rest) and balanced accuracy,
-    or Spearman, Pearson and MAE (target units). With ``out_dir``: metrics.json,
-    predictions.csv, fold_<k>/model.pt and fold_<k>/curves.csv (k from 0).
+    or Spearman, Pearson and MAE (target units). ``refit=True`` then trains the final model
+    on every slide (:attr:`CVResult.final`).
+
+    With ``out_dir`` (one run per folder; every file is written atomically):
+    ``fold_<k>/model.pt``, ``fold_<k>/curves.csv`` and, last, ``fold_<k>/metrics.json``
+    (the fold's scores: the fold is finished); then ``predictions.csv``, ``model.pt``
+    (``refit``) and, last of all, ``metrics.json``: the run is finished when it exists.
+    Whatever an earlier run left there is removed first (metrics.json before anything
+    else), except the finished folds this run can reuse: ``data_key`` identifies the bags'
+    contents (``wsi train`` passes a hash of the feature files' names, sizes and mtimes),
+    and with it a re-run reuses every finished fold whose bags, labels, folds, arch, config
+    (but ``num_workers``), device type and library versions are the same instead of
+    retraining it. A crashed run re-run so ends with the outputs of an uninterrupted one
+    (bit-identical on CPU with the same number of threads, see :class:`TrainConfig`).
     """
     config = config or TrainConfig()
     lab = _encode_labels(labels, classify, regress, len(bags), patient_col)
     fold_of = _assign_folds(lab, folds, config.seed)
     dim = _feature_dim(bags)
     out_path = Path(out_dir) if out_dir is not None else None
+    run_key = None
+    if out_path is not None and data_key is not None:
+        run_key = _run_key(lab, fold_of, arch, config, dim, encoder, data_key)
+    if out_path is not None:
+        _start_run(out_path, folds, run_key)
     n = len(bags)
     outputs = {
         t.name: np.zeros((n, t.n_outputs) if t.kind == "classification" else n) for t in lab.tasks
     }
     per_fold: dict[str, list[dict[str, Any]]] = {t.name: [] for t in lab.tasks}
-    models = []
+    models, reused = [], []
     for k in tqdm(range(folds), desc="folds", leave=False, disable=not progress):
         test = np.flatnonzero(fold_of == k)
-        trained = _fit(
-            bags,
-            lab,
-            np.flatnonzero(fold_of != k),
-            arch,
-            config,
-            dim,
-            encoder,
-            progress,
-            f"fold {k} epochs",
-        )
+        fold_dir = out_path / f"fold_{k}" if out_path is not None else None
+        trained = _finished_fold(fold_dir, config) if fold_dir is not None else None
+        if trained is not None:
+            reused.append(k)
+        else:
+            if fold_dir is not None:
+                fold_dir.mkdir(parents=True, exist_ok=True)
+            trained = _fit(
+                bags,
+                lab,
+                np.flatnonzero(fold_of != k),
+                arch,
+                config,
+                dim,
+                encoder,
+                progress,
+                f"fold {k} epochs",
+            )
         fold_out = _infer(trained, bags, test, lab.slide_ids, num_workers=config.num_workers)
+        scores: dict[str, dict[str, Any]] = {}
         for task in lab.tasks:
             outputs[task.name][test] = fold_out[task.name]
-            scores = _fold_metrics(task, lab.values[task.name][test], fold_out[task.name])
+            truth = lab.values[task.name][test]
+            found = _fold_metrics(task, truth, fold_out[task.name])
             n_known = int(
-                (lab.values[task.name][test] >= 0).sum()
-                if task.kind == "classification"
-                else (~np.isnan(lab.values[task.name][test])).sum()
+                (truth >= 0).sum() if task.kind == "classification" else (~np.isnan(truth)).sum()
             )
-            per_fold[task.name].append(
-                {"fold": k, "n": n_known, **{m: _json_number(v) for m, v in scores.items()}}
-            )
+            scores[task.name] = {"n": n_known, **{m: _json_number(v) for m, v in found.items()}}
+            per_fold[task.name].append({"fold": k, **scores[task.name]})
         models.append(trained)
-        if out_path is not None:
-            trained.save(out_path / f"fold_{k}" / "model.pt")
-            _write_csv(trained.curves, out_path / f"fold_{k}" / "curves.csv")
+        if fold_dir is not None and k not in reused:
+            trained.save(fold_dir / "model.pt")
+            _write_csv(trained.curves, fold_dir / "curves.csv")
+            fold_metrics = {
+                "fold": k,
+                "run_key": run_key,
+                "n_slides": len(test),
+                "best_epoch": trained.best_epoch,
+                "tasks": scores,
+            }
+            write_text_atomic(fold_dir / FINISHED_FOLD, json.dumps(fold_metrics, indent=2))
 
     predictions = _cv_predictions(lab, fold_of, outputs)
     metrics = {"model": arch, "folds": folds, "tasks": {}}
@@ -1020,10 +1063,115 @@ def cross_validate(
         entry["per_fold"] = per_fold[task.name]
         metrics["tasks"][task.name] = entry
     if out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
-        _write_text(json.dumps(metrics, indent=2), out_path / "metrics.json")
         _write_csv(predictions, out_path / "predictions.csv")
-    return CVResult(metrics=metrics, predictions=predictions, folds=fold_of, models=models)
+    final = None
+    if refit:
+        final = _fit(bags, lab, np.arange(n), arch, config, dim, encoder, progress, "epochs")
+        if out_path is not None:
+            final.save(out_path / "model.pt")
+    if out_path is not None:
+        write_text_atomic(out_path / FINISHED_RUN, json.dumps(metrics, indent=2))
+    return CVResult(
+        metrics=metrics,
+        predictions=predictions,
+        folds=fold_of,
+        models=models,
+        final=final,
+        reused_folds=reused,
+    )
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def _start_run(out: Path, folds: int, run_key: str | None) -> None:
+    """Make ``out`` hold nothing of an earlier run but this run's finished folds: its
+    metrics.json goes first (the folder must never look finished), then predictions.csv,
+    model.pt, every fold folder that is not a finished fold of ``run_key`` (another run's,
+    unfinished, or beyond ``folds``) and temporaries left by killed writers."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (FINISHED_RUN, "predictions.csv", "model.pt"):
+        (out / name).unlink(missing_ok=True)
+    for fold_dir in out.iterdir():
+        match = _FOLD_DIR.fullmatch(fold_dir.name)
+        if not match or not fold_dir.is_dir():
+            continue
+        if run_key is not None and int(match.group(1)) < folds and _fold_key(fold_dir) == run_key:
+            continue
+        _remove_fold(fold_dir)
+    remove_stale_temporaries(out)
+
+
+def _fold_key(fold_dir: Path) -> str | None:
+    """The run key in a finished fold's metrics.json; None for an unfinished fold."""
+    try:
+        key = json.loads((fold_dir / FINISHED_FOLD).read_text(encoding="utf-8")).get("run_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
+def _remove_fold(fold_dir: Path) -> None:
+    """Delete a fold folder, its completion marker first."""
+    (fold_dir / FINISHED_FOLD).unlink(missing_ok=True)
+    shutil.rmtree(fold_dir)
+
+
+def _finished_fold(fold_dir: Path, config: TrainConfig) -> TrainedModel | None:
+    """The model of a fold that :func:`_start_run` kept (a finished fold of this run), or
+    None after removing a fold whose checkpoint cannot be read."""
+    if not (fold_dir / FINISHED_FOLD).is_file():
+        return None
+    try:
+        return load_checkpoint(fold_dir / "model.pt", device=str(_device(config.device)))
+    except CheckpointError:
+        _remove_fold(fold_dir)
+        return None
+
+
+def _library_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wsi")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _run_key(
+    lab: _Labels,
+    fold_of: np.ndarray,
+    arch: str,
+    config: TrainConfig,
+    feature_dim: int,
+    encoder: str | None,
+    data_key: str,
+) -> str:
+    """SHA-256 of everything that decides a fold's model: bags (``data_key``), slides,
+    patients, encoded targets, folds, arch, config (less ``num_workers``, which changes
+    nothing), device type and library versions."""
+    settings = {k: v for k, v in asdict(config).items() if k != "num_workers"}
+    settings["device"] = _device(config.device).type
+    payload = {
+        "version": RUN_KEY_VERSION,
+        "library": _library_version(),
+        "torch": torch.__version__,
+        "data": data_key,
+        "encoder": encoder,
+        "feature_dim": feature_dim,
+        "arch": arch,
+        "config": settings,
+        "tasks": [[t.name, t.kind, list(t.classes or ())] for t in lab.tasks],
+        "slide_ids": lab.slide_ids.tolist(),
+        "groups": lab.groups.tolist(),
+        "targets": {
+            name: [None if isinstance(v, float) and math.isnan(v) else v for v in values.tolist()]
+            for name, values in lab.values.items()
+        },
+        "folds": fold_of.tolist(),
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _cv_predictions(
@@ -1041,12 +1189,5 @@ def _cv_predictions(
     return pd.DataFrame(columns)
 
 
-def _write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    _write_text(frame.to_csv(index=False), path)
+    write_text_atomic(path, frame.to_csv(index=False))

@@ -436,9 +436,9 @@ loaded when nothing is left to do. The broken file is tried again (and fails aga
 '''),
     code('''
 def snapshot(folder):
-    """(size, modification time in ns) of every output file except the manifest."""
+    """(size, modification time in ns) of every output file but the manifest and the locks."""
     return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != "manifest.csv"}
+            if p.is_file() and p.name != "manifest.csv" and ".locks" not in p.parts}
 
 
 before = snapshot(OUT)

@@ -55,6 +55,18 @@ def write_reference_slide(
     )
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's torch code on one thread: tiny models are fastest that way on a busy
+    machine, and CPU training is bit-identical for one thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def slide_025(tmp_path: Path) -> Path:
     """Reference slide at 0.25 µm/px (40x), generic TIFF."""

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -147,3 +148,20 @@ def test_heatmap_of_a_slide(tmp_path):
     att = [f["properties"]["measurements"]["attention_grade"] for f in geo["features"]]
     assert sum(att) == pytest.approx(1.0, abs=1e-4)
     assert (tmp_path / "heat" / "s0_grade_top.png").exists()
+
+
+def test_a_second_train_into_a_busy_run_folder_is_refused(cohort, tmp_path, capsys):
+    from wsi.outputs import FileLock
+
+    feats, labels = cohort
+    run = tmp_path / "run"
+    held = FileLock.try_acquire(run / ".locks" / "run.lock")  # another wsi train is writing
+    code = main(["train", "--features", str(feats), "--labels", str(labels), "--out", str(run),
+                 "--folds", "3", "--classify", "type", "--epochs", "2", "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"pid {os.getpid()}" in err and "another --out" in err
+    assert not (run / "metrics.json").exists()
+    held.release()
+    assert main(["train", "--features", str(feats), "--labels", str(labels), "--out", str(run),
+                 "--folds", "3", "--classify", "type", "--epochs", "2", "--quiet"]) == 0

@@ -213,3 +213,16 @@ def test_a_slide_whose_qc_cannot_be_written_fails_without_features(archive, tmp_
     feats = tmp_path / "out" / "features" / "tiny"
     assert sorted(p.name for p in feats.iterdir()) == ["a.h5", "c.h5"]
     assert sorted(p.name for p in (tmp_path / "out" / "qc").glob("*.png")) == ["a.png", "c.png"]
+
+
+def test_a_damaged_feature_file_is_embedded_again(archive, tmp_path):
+    out = tmp_path / "out"
+    embed_archive([archive], out, encoder="tiny", workers=0, progress=False)
+    target = out / "features" / "tiny" / "a.h5"
+    with h5py.File(target) as f:
+        expected = f["features"][()]
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    rows = embed_archive([archive], out, encoder="tiny", workers=0, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    with h5py.File(target) as f:
+        assert np.array_equal(f["features"][()], expected)

@@ -8,6 +8,9 @@ shifted along an orthogonal direction, and that fraction is the regression targe
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+from models.atomic import HOST
 from models.errors import CheckpointError, TrainingDataError
 from models.metrics import auc_macro, balanced_accuracy, regression_metrics, spearman
 from models.mil import ARCHITECTURES, TaskSpec, build_model
@@ -35,13 +39,7 @@ DIM = 32
 FAST = {"hidden": 64, "lr": 1e-3, "batch_size": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest, and reproducibly, on one thread on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_cohort(n_bags: int, seed: int = 0, dim: int = DIM):
@@ -410,6 +408,58 @@ def test_cross_validate_writes_the_documented_outputs(small, tmp_path):
     pd.testing.assert_frame_equal(again.predictions, result.predictions, check_exact=True)
 
 
+def test_a_rerun_reuses_the_finished_folds_of_the_same_run_only(small, tmp_path):
+    bags, labels, _ = small
+    config = TrainConfig(epochs=2, **FAST)
+    common = {"classify": ["tumour"], "regress": ["lymph_frac"], "folds": 3, "progress": False}
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    (tmp_path / "metrics.json").write_text('{"model": "abm')  # an older run's leftovers
+    (tmp_path / "fold_4").mkdir()
+    (tmp_path / "fold_4" / "metrics.json").write_text("{}")
+    stale = tmp_path / f".predictions.csv.tmp-{HOST}-{int(dead.stdout)}"
+    stale.write_text("slide_id,fo")
+    first = cross_validate(bags, labels, config=config, out_dir=tmp_path, data_key="v1",
+                           refit=True, **common)
+    assert first.reused_folds == [] and not stale.exists() and not (tmp_path / "fold_4").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fold_0", "fold_1", "fold_2", "metrics.json", "model.pt", "predictions.csv"]
+    fold_1 = json.loads((tmp_path / "fold_1" / "metrics.json").read_text())
+    assert fold_1["tasks"]["tumour"] == {k: v for k, v in first.metrics["tasks"]["tumour"][
+        "per_fold"][1].items() if k != "fold"}
+    alone = train(bags, labels, classify=["tumour"], regress=["lymph_frac"], config=config,
+                  progress=False)  # refit=True trains what train() trains
+    assert torch.equal(first.final.model.projection[0].weight, alone.model.projection[0].weight)
+
+    (tmp_path / "fold_1" / "metrics.json").unlink()  # fold 1 unfinished, as after a crash
+    again = cross_validate(bags, labels, config=config, out_dir=tmp_path, data_key="v1",
+                           refit=True, **common)
+    assert again.reused_folds == [0, 2]
+    assert again.metrics == first.metrics
+    pd.testing.assert_frame_equal(again.predictions, first.predictions, check_exact=True)
+    for k in range(3):
+        a, b = again.models[k].model.state_dict(), first.models[k].model.state_dict()
+        assert all(torch.equal(a[name], b[name]) for name in a)
+
+    edited = labels.assign(tumour=labels.tumour.where(labels.index != 3, "no"))
+    changes = [
+        {"data_key": "v2"},  # other feature files
+        {"data_key": None},  # unknown feature files: never reuse
+        {"data_key": "v1", "labels": edited},
+        {"data_key": "v1", "config": TrainConfig(epochs=2, seed=1, **FAST)},
+    ]
+    for i, change in enumerate(changes):
+        folder = shutil.copytree(tmp_path, tmp_path.parent / f"changed{i}")  # the v1 run
+        run = {"labels": labels, "config": config, **change}
+        result = cross_validate(bags, run.pop("labels"), out_dir=folder, **run, **common)
+        assert result.reused_folds == [], change
+    prefetching = TrainConfig(epochs=2, num_workers=1, **FAST)  # changes nothing: reused
+    result = cross_validate(bags, labels, config=prefetching, out_dir=tmp_path, data_key="v1",
+                            **common)
+    assert result.reused_folds == [0, 1, 2]
+    pd.testing.assert_frame_equal(result.predictions, first.predictions, check_exact=True)
+
+
 def test_progress_bars_can_be_silenced(small, capsys):
     bags, labels, _ = small
     config = TrainConfig(epochs=1, **FAST)
@@ -526,3 +576,26 @@ def test_small_cohorts_still_get_a_validation_split():
                            "kind": ["a", "b", "c"] * 3})
     model = train(bags, labels, classify=["kind"], config=TrainConfig(epochs=2), progress=False)
     assert model.feature_dim == 8
+
+
+def test_attention_gradients_do_not_depend_on_the_thread_count():
+    """torch's CPU softmax backward differs with 1 vs 2 threads (~1e-8); masked_softmax must
+    not, so that training gives the same weights on any machine."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; torch.set_num_threads(int(sys.argv[1]));"
+        "from models.mil import masked_softmax;"
+        "g = torch.Generator().manual_seed(0);"
+        "x = torch.randn(20, 2, 55, generator=g, requires_grad=True);"
+        "mask = torch.rand(20, 55, generator=g) > 0.2;"
+        "masked_softmax(x, mask).backward(torch.randn(20, 2, 55, generator=g));"
+        "print(x.grad.numpy().tobytes().hex())"
+    )
+    grads = {
+        threads: subprocess.run([sys.executable, "-c", script, str(threads)], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        for threads in (1, 2)
+    }
+    assert grads[1] == grads[2]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi.outputs import temporary_path
-from wsi.slide import slide_id_of
+from wsi.slide import display_path, slide_id_of
 
 SLIDE_EXTENSIONS = frozenset(
     {
@@ -74,7 +74,7 @@ def manifest_row(
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
     return {
         "slide_id": slide_id_of(path),
-        "path": str(path),
+        "path": display_path(path),
         "status": status,
         "n_tiles": int(n_tiles),
         "mpp": "" if mpp is None or not math.isfinite(mpp) else f"{mpp:.6g}",

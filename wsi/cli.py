@@ -159,7 +159,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``wsi train``: cross-validation metrics, out-of-fold predictions, the final model."""
+    """``wsi train``: cross-validation metrics, out-of-fold predictions, the final model.
+    Exit 1 when unreadable feature files were left out (one line each)."""
     from models.training import TrainConfig
     from wsi.finetune import train_run
 
@@ -168,20 +169,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.features, args.labels, args.out, classify=args.classify, regress=args.regress,
         arch=args.model, folds=args.folds, config=config, progress=not args.quiet,
     )
+    for slide_id, error in cohort.unreadable.items():
+        print(f"{slide_id}: left out: {error}")
     print(cohort.report())
     print(cv.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"-> {args.out}/metrics.json, predictions.csv, model.pt")
-    return EXIT_OK
+    return EXIT_SOME_FAILED if cohort.unreadable else EXIT_OK
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``wsi predict``: one row of predictions per slide of a features folder."""
+    """``wsi predict``: one row of predictions per slide of a features folder; a file that
+    cannot be used is one printed line and a row with its ``error`` (exit 1)."""
     from wsi.finetune import predict_run
 
     frame = predict_run(args.checkpoint, args.features, args.out, attention_dir=args.attention,
                         progress=not args.quiet)
-    print(f"{len(frame)} slides predicted -> {args.out}")
-    return EXIT_OK
+    failed = frame[frame["error"] != ""]
+    for slide_id, error in zip(failed["slide_id"], failed["error"], strict=True):
+        print(f"{slide_id}: failed: {error}")
+    print(f"{len(frame) - len(failed)} slides predicted, {len(failed)} failed -> {args.out}")
+    return EXIT_SOME_FAILED if len(failed) else EXIT_OK
 
 
 def cmd_heatmap(args: argparse.Namespace) -> int:

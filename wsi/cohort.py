@@ -16,6 +16,9 @@ access, so the sequence pickles and works from DataLoader worker processes.
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import os
 import re
 import warnings
@@ -74,8 +77,27 @@ def _as_numbers(series: pd.Series, decimal_comma: bool) -> pd.Series:
     return series
 
 
-def _clean_labels(frame: pd.DataFrame, source: str, decimal_comma: bool = False) -> pd.DataFrame:
-    """Strip names and cells, check ``slide_id``, fold identical duplicate rows."""
+def _where(positions: Sequence[int], unit: str) -> str:
+    """``line 4`` / ``lines 2 and 4`` / ``lines 2, 4, 9 and 12`` (``unit``: line or row)."""
+    shown = [str(int(p)) for p in positions[:SHOWN_NAMES]]
+    if len(positions) > SHOWN_NAMES:
+        shown[-1] += f" (+{len(positions) - SHOWN_NAMES} more)"
+    if len(shown) == 1:
+        return f"{unit} {shown[0]}"
+    return f"{unit}s {', '.join(shown[:-1])} and {shown[-1]}"
+
+
+def _clean_labels(
+    frame: pd.DataFrame,
+    source: str,
+    decimal_comma: bool = False,
+    lines: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """Strip names and cells, check ``slide_id``, fold identical duplicate rows.
+
+    ``lines``: the file line of each row of ``frame``, for messages (else rows are counted
+    from 1 below the header).
+    """
     if "slide_id" not in frame.columns and frame.index.name == "slide_id":
         frame = frame.reset_index()
     frame = frame.copy()
@@ -87,6 +109,10 @@ def _clean_labels(frame: pd.DataFrame, source: str, decimal_comma: bool = False)
             f"{source}: no 'slide_id' column{hint}; columns are {list(frame.columns)}. "
             "Name the column of slide file names (without extension) 'slide_id'."
         )
+    unit = "line" if lines is not None else "row"
+    where = pd.Series(
+        np.asarray(lines if lines is not None else np.arange(len(frame)) + 1), index=frame.index
+    )
     for column in frame.columns:
         if column in ID_COLUMNS:
             frame[column] = _stripped(frame[column], frozenset())
@@ -96,52 +122,147 @@ def _clean_labels(frame: pd.DataFrame, source: str, decimal_comma: bool = False)
     blank_id = frame["slide_id"].isna()
     if blank_id.any():
         rows = [int(i) + 1 for i in frame.index[blank_id][:SHOWN_NAMES]]
+        at = f" at {_where(where[frame.index[blank_id]].tolist(), unit)}" if lines else ""
         raise LabelsError(
             f"{source}: {int(blank_id.sum())} row(s) have values but no slide_id (data rows "
-            f"{rows}, counting from 1 below the header); fill in the slide_id or delete them"
+            f"{rows}, counting from 1 below the header{at}); fill in the slide_id or delete them"
         )
-    frame = frame.drop_duplicates().reset_index(drop=True)
-    repeated = frame["slide_id"][frame["slide_id"].duplicated()].unique().tolist()
+    unique = frame.drop_duplicates()
+    repeated = unique["slide_id"][unique["slide_id"].duplicated()].unique().tolist()
     if repeated:
+        found = "; ".join(
+            f"{sid} on {_where(where[frame.index[frame['slide_id'] == sid]].tolist(), unit)}"
+            for sid in repeated[:SHOWN_NAMES]
+        )
         raise LabelsError(
             f"{source}: slide_id(s) {_names(repeated)} appear on several rows with different "
-            "values; keep one row per slide (a patient's slides share a patient_id instead)"
+            f"values ({found}); keep one row per slide (a patient's slides share a patient_id "
+            "instead)"
         )
-    return frame
+    return unique.reset_index(drop=True)
+
+
+def _decoded(raw: bytes, source: Path) -> str:
+    """The text of a labels file: UTF-8 (BOM or not) or UTF-16 with its BOM (Excel's
+    "Unicode text"); anything else is a :class:`LabelsError` naming the line."""
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    try:
+        return raw.decode("utf-16" if utf16 else "utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n" if not utf16 else "\n".encode("utf-16-le")) + 1
+        raise LabelsError(
+            f"{source}: not UTF-8 text ({exc.reason} at line {line}, byte {exc.start}); save the "
+            "CSV as UTF-8 (Excel: 'CSV UTF-8')"
+        ) from exc
+
+
+def _records(text: str, sep: str, source: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """The header, the data rows and their file line numbers of a CSV text.
+
+    Rows of empty cells are skipped. A repeated header line (two files joined), a row with
+    more non-empty fields than the header, or a short row holding another separator (mixed
+    separators) is a :class:`LabelsError` naming the line; other short rows are padded.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    try:
+        for fields in reader:
+            fields = [f.replace("\ufeff", "") for f in fields]
+            if not any(f.strip() for f in fields):
+                continue
+            if header is None:
+                header = fields
+                continue
+            line = reader.line_num
+            if [f.strip() for f in fields] == [h.strip() for h in header]:
+                raise LabelsError(
+                    f"{source}: line {line} repeats the header (were two CSV files joined, "
+                    "e.g. with cat?); keep one header line and check that both parts have "
+                    "the same columns in the same order"
+                )
+            if len(fields) > len(header) and any(f.strip() for f in fields[len(header) :]):
+                raise LabelsError(
+                    f"{source}: line {line} has {len(fields)} fields but the header has "
+                    f"{len(header)} (separator {sep!r}); remove the extra values, or quote "
+                    f"cells that contain {sep!r}"
+                )
+            if len(fields) < len(header):
+                others = [c for c in (",", ";", "\t") if c != sep and any(c in f for f in fields)]
+                if others:
+                    raise LabelsError(
+                        f"{source}: line {line} has {len(fields)} field(s) but the header has "
+                        f"{len(header)} (separator {sep!r}) and it contains {others[0]!r}: "
+                        f"mixed separators; use {sep!r} on every line"
+                    )
+            rows.append((fields + [""] * len(header))[: len(header)])
+            lines.append(line)
+    except csv.Error as exc:
+        raise LabelsError(
+            f"{source}: not a readable CSV at line {reader.line_num} ({exc}); check its quotes "
+            "and separators"
+        ) from exc
+    if header is None:
+        raise LabelsError(f"{source}: the labels file is empty; it needs a 'slide_id' header row")
+    return header, rows, lines
+
+
+def _named_columns(
+    header: list[str], rows: list[list[str]], source: Path
+) -> tuple[list[str], list[list[str]]]:
+    """Drop unnamed columns that hold nothing (trailing separators); refuse unnamed columns
+    with values and columns named twice."""
+    names = [h.strip() for h in header]
+    keep = []
+    for i, name in enumerate(names):
+        if name:
+            keep.append(i)
+        elif any(row[i].strip() for row in rows):
+            raise LabelsError(
+                f"{source}: column {i + 1} has values but no name in the header; name it"
+            )
+    seen: dict[str, int] = {}
+    for i in keep:
+        if names[i] in seen:
+            raise LabelsError(
+                f"{source}: column {names[i]!r} appears twice (columns {seen[names[i]] + 1} and "
+                f"{i + 1}); rename one"
+            )
+        seen[names[i]] = i
+    return [names[i] for i in keep], [[row[i] for i in keep] for row in rows]
 
 
 def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a labels CSV: one row per slide, ``slide_id`` (and ``patient_id``) as strings.
 
-    Accepts a UTF-8 BOM, ``,`` ``;`` or TAB separators (from the header line), whitespace
-    around ids and cells, and ids that look numeric (``007`` stays ``"007"``). Target columns
-    whose known cells are all numbers become numbers (``0,5`` too in ``;`` files). Empty
-    cells and ``NA``/``N/A``/``#N/A``/``NaN``/``NULL`` in target columns become NaN
-    ("unknown"). Identical duplicate rows are folded into one.
+    Accepts a UTF-8 BOM, UTF-16 with a BOM, ``,`` ``;`` or TAB separators (from the header
+    line), whitespace around ids and cells, and ids that look numeric (``007`` stays
+    ``"007"``). Target columns whose known cells are all numbers become numbers (``0,5``
+    too in ``;`` files). Empty cells and ``NA``/``N/A``/``#N/A``/``NaN``/``NULL`` in target
+    columns become NaN ("unknown"). Identical duplicate rows are folded into one.
 
-    Raises :class:`LabelsError` (naming the file) for a missing file, no ``slide_id``
-    column, a row with values but no ``slide_id``, or one slide with conflicting rows.
+    Raises :class:`LabelsError` naming the file and the line or column: a missing or
+    unreadable file, text that is not UTF-8, no ``slide_id`` column, a column named twice,
+    a repeated header line, a row with more fields than the header or with mixed
+    separators, a row with values but no ``slide_id``, one slide with conflicting rows.
     """
     p = Path(path)
     try:
-        with p.open(encoding="utf-8-sig", newline="") as f:
-            header = next((line for line in f if line.strip()), "")
+        raw = p.read_bytes()
     except FileNotFoundError as exc:
         raise LabelsError(f"labels file not found: {p}") from exc
-    except UnicodeDecodeError as exc:
-        raise LabelsError(f"{p}: not UTF-8 text ({exc.reason}); save the CSV as UTF-8") from exc
-    if not header:
+    except OSError as exc:
+        raise LabelsError(f"{p}: cannot read the labels file ({exc.strerror})") from exc
+    text = _decoded(raw, p)
+    header_line = next((line for line in text.splitlines() if line.strip()), "")
+    if not header_line:
         raise LabelsError(f"{p}: the labels file is empty; it needs a 'slide_id' header row")
-    sep = _separator(header)
-    try:
-        frame = pd.read_csv(
-            p, sep=sep, dtype=str, encoding="utf-8-sig", keep_default_na=False, na_values=[""]
-        )
-    except UnicodeDecodeError as exc:
-        raise LabelsError(f"{p}: not UTF-8 text ({exc.reason}); save the CSV as UTF-8") from exc
-    except pd.errors.ParserError as exc:
-        raise LabelsError(f"{p}: not a readable CSV ({exc}); check its separators") from exc
-    return _clean_labels(frame, str(p), decimal_comma=sep == ";")
+    sep = _separator(header_line)
+    header, rows, lines = _records(text, sep, p)
+    columns, rows = _named_columns(header, rows, p)
+    frame = pd.DataFrame(rows, columns=columns, dtype=object)
+    return _clean_labels(frame, str(p), decimal_comma=sep == ";", lines=lines)
 
 
 # --------------------------------------------------------------------------- bags
@@ -264,7 +385,9 @@ class Cohort:
 
     ``labels`` row i and ``bags[i]`` describe ``slide_ids[i]``. What was left out is listed:
     ``missing_features`` (labelled, no file), ``unlabelled`` (file, no row) and
-    ``empty_bags`` (labelled files with 0 tiles: blank slides a MIL head cannot use).
+    ``empty_bags`` (labelled files with 0 tiles: blank slides a MIL head cannot use) and
+    ``unreadable`` (labelled files that are truncated, of the wrong shape or hold NaN:
+    ``{slide_id: the error message naming the file and the fix}``).
     """
 
     slide_ids: list[str]
@@ -276,6 +399,7 @@ class Cohort:
     missing_features: list[str] = field(default_factory=list)
     unlabelled: list[str] = field(default_factory=list)
     empty_bags: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)
     cache_limit_bytes: int | None = None
 
@@ -308,6 +432,15 @@ class Cohort:
                 f"{_plural(n, 'labelled slide has', 'labelled slides have')} 0 tiles and "
                 f"{'is' if n == 1 else 'are'} left out ({_names(self.empty_bags)})"
             )
+        if self.unreadable:
+            n = len(self.unreadable)
+            what = _plural(n, "labelled slide has an", "labelled slides have")
+            parts.append(
+                f"{what} unreadable feature file{'' if n == 1 else 's'} and "
+                f"{'is' if n == 1 else 'are'} left out "
+                f"({_names(list(self.unreadable))}): delete {'it' if n == 1 else 'them'} and "
+                "re-run `wsi embed`"
+            )
         for target in self.targets:
             known = int(self.labels[target].notna().sum())
             parts.append(f"{target!r} known for {known} of {len(self)}")
@@ -321,7 +454,7 @@ class Cohort:
         return "; ".join(parts) + f"; {held}."
 
 
-def _feature_files(features_dir: Path) -> dict[str, Path]:
+def feature_files(features_dir: Path) -> dict[str, Path]:
     """``{slide_id: path}`` of ``DIR/*.h5``; errors that point at the right folder."""
     if not features_dir.is_dir():
         raise FeatureFileError(
@@ -364,6 +497,34 @@ def _check_same_kind(files: Sequence[FeatureBag], features_dir: Path) -> tuple[i
     return dim, encoder
 
 
+def _opened(path: Path, slide_id: str, unreadable: dict[str, str]) -> FeatureBag | None:
+    """``FeatureBag(path)``, or None with the reason recorded in ``unreadable``."""
+    try:
+        return FeatureBag(path)
+    except FeatureFileError as exc:
+        unreadable[slide_id] = str(exc)
+        return None
+
+
+def _cached(
+    sequence: BagSequence, table: pd.DataFrame, unreadable: dict[str, str]
+) -> tuple[BagSequence, pd.DataFrame]:
+    """The bags read into RAM, leaving out (and recording in ``unreadable``) those whose
+    rows cannot be read or are not finite; ``table`` filtered alike."""
+    quiet = sequence.nbytes < PROGRESS_MIN_BYTES
+    files = tqdm(sequence.files, desc="caching bags", unit="bag", leave=False, disable=quiet)
+    kept, arrays = [], []
+    for file, sid in zip(files, table["slide_id"], strict=True):
+        try:
+            arrays.append(file.load())
+        except FeatureFileError as exc:
+            unreadable[sid] = str(exc)
+            continue
+        kept.append(file)
+    table = table[~table["slide_id"].isin(unreadable)].reset_index(drop=True)
+    return BagSequence(kept, arrays), table
+
+
 def load_cohort(
     features_dir: str | os.PathLike[str],
     labels: str | os.PathLike[str] | pd.DataFrame,
@@ -382,8 +543,12 @@ def load_cohort(
     (default :func:`default_cache_bytes`, 25 % of RAM). Slides left out are warned about
     (a ``UserWarning`` carrying :meth:`Cohort.report`).
 
-    Raises :class:`FeatureFileError` for a missing or empty folder, an unreadable file,
-    or files of different feature dims or encoders.
+    Labelled feature files that cannot be used (truncated, wrong layout or shape, NaN
+    values when cached) are left out like missing ones and listed in
+    :attr:`Cohort.unreadable` with the reason; streamed bags are checked when read.
+
+    Raises :class:`FeatureFileError` for a missing or empty folder, files of different
+    feature dims or encoders, or when no labelled file is usable.
     """
     features_dir = Path(features_dir)
     if isinstance(labels, pd.DataFrame):
@@ -395,12 +560,15 @@ def load_cohort(
         raise LabelsError(
             f"target column(s) {absent} not in the labels; columns present: {list(table.columns)}"
         )
-    files = _feature_files(features_dir)
+    files = feature_files(features_dir)
     has_file = table["slide_id"].isin(files).to_numpy()
     missing = table["slide_id"][~has_file].tolist()
     unlabelled = sorted(set(files) - set(table["slide_id"]))
     table = table[has_file].reset_index(drop=True)
-    bags = [FeatureBag(files[s]) for s in table["slide_id"]]
+    unreadable: dict[str, str] = {}
+    opened = {sid: _opened(files[sid], sid, unreadable) for sid in table["slide_id"]}
+    table = table[np.array([opened[sid] is not None for sid in table["slide_id"]], dtype=bool)]
+    bags = [opened[sid] for sid in table["slide_id"]]
     dim, encoder = _check_same_kind(bags, features_dir)
     nonempty = np.array([len(b) > 0 for b in bags], dtype=bool)
     empty = table["slide_id"][~nonempty].tolist()
@@ -408,7 +576,7 @@ def load_cohort(
     sequence = BagSequence([b for b, keep in zip(bags, nonempty, strict=True) if keep])
     limit = default_cache_bytes() if max_cache_bytes is None else int(max_cache_bytes)
     if cache is True or (cache == "auto" and sequence.nbytes <= limit):
-        sequence = sequence.to_memory()
+        sequence, table = _cached(sequence, table, unreadable)
     cohort = Cohort(
         slide_ids=table["slide_id"].tolist(),
         labels=table,
@@ -419,11 +587,17 @@ def load_cohort(
         missing_features=missing,
         unlabelled=unlabelled,
         empty_bags=empty,
+        unreadable=unreadable,
         targets=list(targets),
         cache_limit_bytes=limit if cache == "auto" else None,
     )
-    if missing or unlabelled or empty:
+    if missing or unlabelled or empty or unreadable:
         warnings.warn(cohort.report(), UserWarning, stacklevel=2)
+    if len(cohort) == 0 and unreadable:
+        raise FeatureFileError(
+            f"no usable feature file for the labelled slides in {features_dir}: "
+            f"{cohort.report()} First: {next(iter(unreadable.values()))}"
+        )
     if len(cohort) == 0:
         raise LabelsError(
             f"no slide has both a labels row and a non-empty feature file: {cohort.report()} "

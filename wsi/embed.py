@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from wsi.batch import Manifest, duplicate_id_row, failure_message, find_slides, manifest_row
+from wsi.errors import FeatureFileError
 from wsi.loader import BatchSpec, PatchBatch, default_workers, patch_loader
 from wsi.outputs import FileLock, lock_holder, remove_stale_temporaries, slide_lock_path, take_slide
 from wsi.patching import TileOptions, provenance, tile_slide, write_qc
@@ -198,10 +199,13 @@ class _ArchiveRun:
         target = self.features_path(slide_id_of(path))
         if not self.skip_done or not target.exists():
             return None
-        prov = read_provenance(target)
-        if prov is None or prov.get("embed_key") != key:
-            return None
-        n = len(FeatureBag(target))
+        try:
+            prov = read_provenance(target)
+            if prov is None or prov.get("embed_key") != key:
+                return None
+            n = len(FeatureBag(target))
+        except FeatureFileError:
+            return None  # a damaged file: embed the slide again
         tiling = prov.get("tiling", {})
         return manifest_row(
             path,

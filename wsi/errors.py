@@ -51,7 +51,7 @@ class MissingMppError(MppError):
 
 
 class InvalidMppError(MppError, InvalidParameterError):
-    """An mpp ≤ 0, NaN, infinite or above 100 µm/px, from metadata or from the user."""
+    """An mpp below 0.01 or above 100 µm/px, NaN or infinite, from metadata or from the user."""
 
 
 class SlideTooSmallError(SlideError):

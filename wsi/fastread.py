@@ -180,8 +180,9 @@ class FastTiffReader:
         try:
             with tifffile.TiffFile(path) as tif:
                 levels = _find_levels(tif, vendor)
-        except (OSError, ValueError, tifffile.TiffFileError):
-            return None
+        except (OSError, ValueError, TypeError, LookupError, ArithmeticError,
+                tifffile.TiffFileError):
+            return None  # a directory tifffile cannot make sense of: openslide decides
         if not levels:
             return None
         reader = cls(path, levels, cache_mb)
@@ -450,6 +451,9 @@ def _level_of(page: tifffile.TiffPage) -> _Level | None:
     ):
         return None
     tw, th = page.tilewidth, page.tilelength
+    sizes = (tw, th, page.imagewidth, page.imagelength)
+    if not all(isinstance(v, int) and v > 0 for v in sizes):
+        return None
     tiles = -(-page.imagewidth // tw) * -(-page.imagelength // th)
     offsets = np.asarray(page.dataoffsets, np.int64)
     bytecounts = np.asarray(page.databytecounts, np.int64)

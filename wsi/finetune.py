@@ -7,6 +7,8 @@ The models themselves (ABMIL, CLAM-SB, TransMIL, mean-pool) and the training loo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,9 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wsi.cohort import Cohort, load_cohort
-from wsi.errors import LabelsError
+from wsi.cohort import Cohort, feature_files, load_cohort
+from wsi.errors import FeatureFileError, LabelsError
 from wsi.heatmap import attention_overlay, save_png, tiles_geojson, top_tiles_mosaic
+from wsi.store import FeatureBag
 
 HEATMAP_LONG_SIDE_PX = 2048
 TOP_TILES = 16
@@ -37,8 +40,12 @@ def train_run(
 ) -> tuple[Any, Cohort]:
     """Cross-validate ``arch`` on the cohort, then train the final model on every slide.
 
-    Writes ``RUN/metrics.json``, ``RUN/predictions.csv`` (out-of-fold), ``RUN/fold_<k>/``
-    and ``RUN/model.pt``. Returns the cross-validation result and the cohort used.
+    Writes ``RUN/fold_<k>/``, ``RUN/predictions.csv`` (out-of-fold), ``RUN/model.pt`` and,
+    last, ``RUN/metrics.json``: the run is finished when metrics.json exists. Every file is
+    written atomically. Re-run after a crash, it reuses the folds already finished with the
+    same feature files (names, sizes, mtimes), labels and settings, and ends with the same
+    outputs as an uninterrupted run. Returns the cross-validation result (``.final`` is the
+    final model) and the cohort used.
     """
     import models
 
@@ -48,24 +55,42 @@ def train_run(
     if folds < 2:
         raise LabelsError(f"--folds must be at least 2 for cross-validation, got {folds}")
     cohort = load_cohort(features_dir, labels, targets=classify + regress)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    labels_table = cohort.labels.reset_index(drop=True)
-    cv = models.cross_validate(
-        cohort.bags, labels_table, classify=classify, regress=regress, folds=folds, arch=arch,
-        config=config, out_dir=out, encoder=cohort.encoder, progress=progress,
-    )
-    final = models.train(
-        cohort.bags, labels_table, classify=classify, regress=regress, arch=arch, config=config,
-        encoder=cohort.encoder, progress=progress,
-    )
-    final.save(out / "model.pt")
+    with _run_folder_lock(Path(out_dir)):
+        cv = models.cross_validate(
+            cohort.bags, cohort.labels.reset_index(drop=True), classify=classify,
+            regress=regress, folds=folds, arch=arch, config=config, out_dir=Path(out_dir),
+            encoder=cohort.encoder, progress=progress, refit=True,
+            data_key=_features_key(cohort),
+        )
     return cv, cohort
 
 
-def _all_slides_cohort(features_dir: str | os.PathLike[str]) -> Cohort:
-    ids = sorted(p.stem for p in Path(features_dir).glob("*.h5") if not p.name.startswith("."))
-    return load_cohort(features_dir, pd.DataFrame({"slide_id": ids}))
+def _run_folder_lock(run_dir: Path) -> Any:
+    """The lock of a run folder (``RUN/.locks/run.lock``): one ``wsi train`` writes it at a time."""
+    from wsi.errors import OutputFolderError
+    from wsi.outputs import FileLock, lock_holder
+
+    path = run_dir / ".locks" / "run.lock"
+    lock = FileLock.try_acquire(path)
+    if lock is None:
+        holder = lock_holder(path) or {}
+        raise OutputFolderError(
+            f"{run_dir} is being written by another wsi train (host {holder.get('host', '?')}, "
+            f"pid {holder.get('pid', '?')}); wait for it to finish or pass another --out"
+        )
+    return lock
+
+
+def _features_key(cohort: Cohort) -> str:
+    """SHA-256 of the cohort's feature files as they are on disk: encoder, dim, and each
+    file's name, size and mtime (ns), in cohort order. A re-embedded or edited file changes
+    it; reading the features is not needed."""
+    files = []
+    for path in cohort.bags.paths:
+        stat = path.stat()
+        files.append([path.name, stat.st_size, stat.st_mtime_ns])
+    text = json.dumps([cohort.encoder, cohort.feature_dim, files])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def predict_run(
@@ -76,42 +101,89 @@ def predict_run(
     attention_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Predict every slide of a features folder with a checkpoint.
+    """Predict every slide of a features folder with a checkpoint, one slide at a time.
 
-    Refuses features of another encoder or dim. With ``attention_dir``, writes
+    Returns (and writes to ``out_csv``) one row per ``{slide_id}.h5`` with tiles: the
+    model's prediction columns, then ``error``: empty for a predicted slide, else why its
+    file was not used (truncated, wrong shape, NaN values, another encoder or dim) and the
+    fix; such rows have no predictions, and the other slides are still predicted. Raises
+    :class:`~models.CheckpointError` when no file has the model's feature dim and encoder,
+    :class:`FeatureFileError` when none can be read. With ``attention_dir``, writes
     ``{slide_id}.csv`` there: ``x, y`` (level-0 top-left) and ``attention_<task>`` per tile.
     """
+    from tqdm.auto import tqdm
+
     import models
 
     trained = models.load_checkpoint(checkpoint)
-    cohort = _all_slides_cohort(features_dir)
-    if cohort.feature_dim != trained.feature_dim:
-        raise models.CheckpointError(
-            f"{checkpoint}: the model expects {trained.feature_dim}-d features "
-            f"(encoder {trained.encoder!r}) but {features_dir} holds {cohort.feature_dim}-d "
-            "features; embed the slides with the model's encoder"
-        )
-    on_attention = None
-    if attention_dir is not None:
-        folder = Path(attention_dir)
+    folder = Path(attention_dir) if attention_dir is not None else None
+    if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        coords_of = dict(zip(cohort.slide_ids, cohort.bags.files, strict=True))
-
-        def on_attention(slide_id: str, maps: dict[str, np.ndarray]) -> None:
-            xy = coords_of[slide_id].coords()
-            table = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]})
-            for task, values in maps.items():
-                table[f"attention_{task}"] = values
-            table.to_csv(folder / f"{slide_id}.csv", index=False)
-
-    frame = models.predict(
-        trained, cohort.bags, cohort.slide_ids, encoder=cohort.encoder or None,
-        on_attention=on_attention, progress=progress,
-    )
+    frames: list[pd.DataFrame] = []
+    failed: dict[str, str] = {}
+    mismatched: list[str] = []
+    files = feature_files(Path(features_dir))
+    for slide_id, path in tqdm(files.items(), desc="predict", unit="slide", disable=not progress):
+        try:
+            bag = FeatureBag(path)
+            mismatch = _model_mismatch(bag, trained)
+            if mismatch:
+                failed[slide_id] = f"{path}: {mismatch}"
+                mismatched.append(slide_id)
+                continue
+            if len(bag) == 0:
+                continue  # no tissue: nothing to predict (the manifest says no_tissue)
+            on_attention = None if folder is None else _attention_writer(folder, bag)
+            frames.append(models.predict(trained, [bag.load()], [slide_id],
+                                         encoder=bag.encoder or None, on_attention=on_attention))
+        except FeatureFileError as exc:
+            failed[slide_id] = str(exc)
+    if not frames and mismatched:
+        raise models.CheckpointError(
+            f"{checkpoint}: no feature file in {features_dir} fits the model: "
+            f"{failed[mismatched[0]]}"
+        )
+    if not frames and failed:
+        raise FeatureFileError(
+            f"no usable feature file in {features_dir} ({len(failed)} failed); first: "
+            f"{next(iter(failed.values()))}"
+        )
+    rows = [frame.assign(error="") for frame in frames]
+    rows += [pd.DataFrame({"slide_id": [sid], "error": [msg]}) for sid, msg in failed.items()]
+    frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame({"slide_id": [],
+                                                                          "error": []})
+    order = {sid: i for i, sid in enumerate(files)}
+    frame = frame.sort_values("slide_id", key=lambda ids: ids.map(order), kind="stable")
+    frame = frame[[c for c in frame.columns if c != "error"] + ["error"]].reset_index(drop=True)
     if out_csv is not None:
         Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out_csv, index=False)
     return frame
+
+
+def _model_mismatch(bag: FeatureBag, trained: Any) -> str:
+    """Why ``bag`` cannot go through the model (another dim or encoder), or ""."""
+    other_encoder = bag.encoder and trained.encoder and bag.encoder != trained.encoder
+    if bag.feature_dim == trained.feature_dim and not other_encoder:
+        return ""
+    return (
+        f"{bag.feature_dim}-d features from encoder {bag.encoder or 'unknown'!r}, but the model "
+        f"expects {trained.feature_dim}-d features from encoder {trained.encoder!r}; embed "
+        f"the slide with {trained.encoder!r}"
+    )
+
+
+def _attention_writer(folder: Path, bag: FeatureBag) -> Any:
+    """An ``on_attention`` callback writing ``folder/{slide_id}.csv``: x, y, attention_<task>."""
+
+    def write(slide_id: str, maps: dict[str, np.ndarray]) -> None:
+        xy = bag.coords()
+        table = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]})
+        for task, values in maps.items():
+            table[f"attention_{task}"] = values
+        table.to_csv(folder / f"{slide_id}.csv", index=False)
+
+    return write
 
 
 def heatmap_run(

@@ -7,7 +7,9 @@ Resolution order (the first that gives a value wins), recorded as ``mpp_source``
 3. ``"tiff-resolution"``: TIFF ``XResolution``/``YResolution`` with a centimetre or inch unit;
 4. ``"objective-power"``: 10 / objective power (a rough rule: 20x ≈ 0.5 µm/px), with a warning.
 
-Values ≤ 0, NaN, infinite or above :data:`MAX_MPP` are errors wherever they come from.
+Values that are not numbers, NaN, infinite, below :data:`MIN_MPP` or above :data:`MAX_MPP`
+are errors wherever they come from, and so is an Aperio ``MPP`` field openslide could not
+parse (no silent fall-back to a guess when the scanner's own value is garbage).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from wsi.errors import InvalidMppError, MissingMppError
+
+MIN_MPP = 0.01
+"""Smallest plausible µm/px at level 0: optical scanners resolve ~0.1 µm/px at best; finer
+values are metadata garbage (a resolution tag in the wrong unit)."""
 
 MAX_MPP = 100.0
 """Largest plausible µm/px at level 0; coarser values are metadata garbage (72-dpi exports)."""
@@ -47,10 +53,10 @@ def check_mpp(value: object, *, what: str, name: str, fix: str) -> float:
         raise InvalidMppError(
             f"{name}: {what} {value!r} is not a number of µm per pixel; {fix}", name
         ) from None
-    if not math.isfinite(mpp) or mpp <= 0 or mpp > MAX_MPP:
+    if not math.isfinite(mpp) or mpp < MIN_MPP or mpp > MAX_MPP:
         raise InvalidMppError(
             f"{name}: {what} {value!r} µm/px is not a plausible slide scale "
-            f"(expected 0 < mpp <= {MAX_MPP:g}; 40x scans are ~0.25, 20x ~0.5); {fix}",
+            f"(expected {MIN_MPP:g} <= mpp <= {MAX_MPP:g}; 40x scans are ~0.25, 20x ~0.5); {fix}",
             name,
         )
     return mpp
@@ -76,6 +82,9 @@ def resolve_mpp(
         x = check_mpp(properties["openslide.mpp-x"], what="metadata mpp-x", name=name, fix=fix)
         y = check_mpp(properties["openslide.mpp-y"], what="metadata mpp-y", name=name, fix=fix)
         return Mpp(x, y, "openslide")
+    if "aperio.MPP" in properties:  # present but not parsed by openslide: garbage
+        v = check_mpp(properties["aperio.MPP"], what="Aperio MPP", name=name, fix=fix)
+        return Mpp(v, v, "openslide")
     unit = str(properties.get("tiff.ResolutionUnit", "")).lower()
     if unit in _MICRONS_PER_UNIT and "tiff.XResolution" in properties:
         per_unit = _MICRONS_PER_UNIT[unit]

@@ -10,7 +10,8 @@ output folder. Three rules keep it consistent:
   its holder dies: a lock file left by a killed run is not a held lock, so stale locks recover
   by themselves. The file records who holds it (host, pid, start time) for the curious;
 - temporaries of dead processes on this host are deleted at the start of a run, and any
-  temporary of a slide is deleted by whoever takes that slide's lock.
+  temporary of a slide is deleted by whoever takes that slide's lock. (Temporary names and
+  the stale cleanup live in :mod:`models.atomic`, shared with the training outputs.)
 
 ``flock`` needs a filesystem that supports it (local disks, NFSv4, Lustre/GPFS/BeeGFS with
 locking enabled); :class:`wsi.errors.OutputFolderError` says so when it is missing.
@@ -28,57 +29,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models.atomic import HOST, remove_stale_temporaries, temporary_path
 from wsi.errors import OutputFolderError
 
-HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
-"""This machine's name as it appears in temporary file names (``-`` replaced)."""
+__all__ = [
+    "HOST",
+    "FileLock",
+    "lock_holder",
+    "remove_stale_temporaries",
+    "remove_temporaries_of",
+    "slide_lock_path",
+    "take_slide",
+    "temporary_path",
+]
 
 LOCKS_DIR = ".locks"
 
 
-def temporary_path(path: str | os.PathLike[str]) -> Path:
-    """A hidden sibling of ``path`` unique to this process: ``.{name}.tmp-{host}-{pid}``."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{HOST}-{os.getpid()}")
-
-
 def _owner(tmp: Path) -> tuple[str, int] | None:
     """(host, pid) of a temporary name, or None when it is not one of ours."""
-    tail = tmp.name.rsplit(".tmp-", 1)[-1]
-    host, _, pid = tail.rpartition("-")
-    if not pid.isdigit():
-        return None
-    return host or HOST, int(pid)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    return True
-
-
-def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete temporaries in ``folder`` left by processes of this host that no longer run.
-
-    Temporaries of live processes and of other hosts are left alone (the latter go when
-    their slide's lock is next taken, see :func:`remove_temporaries_of`). Returns what was
-    removed.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    removed = []
-    for tmp in root.glob(".*.tmp-*"):
-        owner = _owner(tmp)
-        if owner is None or owner[0] != HOST or _pid_alive(owner[1]):
-            continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
+    host, _, pid = tmp.name.rsplit(".tmp-", 1)[-1].rpartition("-")
+    return (host, int(pid)) if host and pid.isdigit() else None
 
 
 def remove_temporaries_of(folder: str | os.PathLike[str], name: str) -> list[Path]:

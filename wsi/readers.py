@@ -7,6 +7,7 @@ A reader exposes level geometry, openslide-style properties, associated images a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -72,14 +73,36 @@ class OpenSlideReader:
         self._slide = openslide.OpenSlide(str(path))
         self.level_dimensions = tuple(self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
-        self.properties = dict(self._slide.properties)
+        self.properties = _readable_properties(self._slide.properties)
         self._path = path
 
     def associated_image_names(self) -> list[str]:
         return list(self._slide.associated_images.keys())
 
     def associated_image(self, name: str) -> Image.Image:
-        return self._slide.associated_images[name].convert("RGB")
+        fix = "the file is damaged — re-export it, or use the slide without that image"
+        try:
+            w, h = openslide.lowlevel.get_associated_image_dimensions(self._slide._osr, name)
+            if w * h <= FALLBACK_MAX_PIXELS:
+                return self._slide.associated_images[name].convert("RGB")
+        except (openslide.OpenSlideError, MemoryError) as exc:
+            self._reopen()
+            raise SlideReadError(
+                f"{self._path.name}: cannot decode the associated {name!r} image "
+                f"({type(exc).__name__}: {exc}); {fix}",
+                self._path,
+            ) from exc
+        raise SlideReadError(
+            f"{self._path.name}: the associated {name!r} image declares {w}x{h} px, more than "
+            f"{FALLBACK_MAX_PIXELS:,} pixels; {fix}",
+            self._path,
+        )
+
+    def _reopen(self) -> None:
+        """An openslide handle stays in an error state after a failed read: open it anew so
+        later reads still work."""
+        self._slide.close()
+        self._slide = openslide.OpenSlide(str(self._path))
 
     def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         return rgba_to_rgb(np.asarray(self._read_rgba(x, y, level, width, height)))
@@ -93,9 +116,7 @@ class OpenSlideReader:
         try:
             return self._slide.read_region((int(x), int(y)), int(level), (int(width), int(height)))
         except openslide.OpenSlideError as exc:
-            # an openslide handle stays in an error state: reopen so later reads still work
-            self._slide.close()
-            self._slide = openslide.OpenSlide(str(self._path))
+            self._reopen()
             raise SlideReadError(
                 f"{self._path.name}: cannot decode region x={x} y={y} level={level} "
                 f"size={width}x{height}: {exc}. The file is damaged; re-export or re-scan it.",
@@ -151,9 +172,11 @@ class FlatImageReader:
         except SlideOpenError:
             raise
         except Exception as exc:
+            what = "a TIFF whose directories cannot be read" if _is_tiff(path) else (
+                "not a readable image")
             raise SlideOpenError(
-                f"{path.name}: not a readable image ({type(exc).__name__}: {exc}); "
-                "check the file is complete (re-copy it) and is a slide or TIFF/JPEG/PNG.",
+                f"{path.name}: {what} ({type(exc).__name__}: {exc}); check the file is "
+                "complete (re-copy it) and is a slide or TIFF/JPEG/PNG.",
                 path,
             ) from exc
         return _to_rgb(array, path)
@@ -211,6 +234,18 @@ class FlatImageReader:
 
     def close(self) -> None:
         self._rgb = np.zeros((0, 0, 3), np.uint8)
+
+
+def _readable_properties(properties: Mapping[str, str]) -> dict[str, str]:
+    """openslide's properties, leaving out those whose value cannot be read (a damaged
+    directory can yield a key without a decodable value)."""
+    readable = {}
+    for key in list(properties):
+        try:
+            readable[key] = properties[key]
+        except (KeyError, UnicodeDecodeError):
+            continue
+    return readable
 
 
 def _is_tiff(path: Path) -> bool:

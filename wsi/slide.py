@@ -23,6 +23,7 @@ from wsi.errors import (
     MppError,
     SlideNotFoundError,
     SlideOpenError,
+    SlideReadError,
 )
 from wsi.fastread import FastTiffReader
 from wsi.mpp import Mpp, resolve_mpp
@@ -31,13 +32,42 @@ from wsi.readers import FlatImageReader, OpenSlideReader, Reader
 _STRIP_PIXELS = 16_000_000
 """Level pixels decoded at once by :meth:`Slide.read_thumbnail` (bounded memory)."""
 
+THUMBNAIL_MAX_LEVEL_PIXELS = 2**32
+"""Most level pixels a thumbnail may decode (~4.3 G, a 65k² level without a pyramid:
+about a minute); more is refused rather than costing an unattended run hours."""
+
+MAX_SLIDE_SIDE_PX = 2**20
+"""Largest plausible level-0 side: 1 048 576 px is 105 mm at 0.1 µm/px, longer than any
+glass slide; a larger header value is corrupt."""
+
+_MAX_BOX_SCALE = 256
+"""Largest level-to-output pixel ratio one thumbnail pass averages (footprints stay small)."""
+
 _LEVEL_TOLERANCE = 1e-3
 """Relative slack when comparing a level's mpp with a target (float noise in downsamples)."""
 
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_MAX_TILE_SIDE = 8192
+"""Largest TIFF tile side accepted (px): scanners write 240-4096; 8192² RGBA is 256 MiB
+decoded for any read that touches the tile."""
+
+_LEVEL_SIZE_SLACK = (1.0, 0.02)
+"""A reduced level's side may differ from level 0's side / its downsample by 1 px plus 2 %
+(scanners round level sizes up or down); more means the pyramid is damaged."""
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that is always valid UTF-8: undecodable bytes of a file name become
+    ``\\xNN`` (``caf\\xe9.svs``), so messages and manifests can print it."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
 
 def slide_id_of(path: str | os.PathLike[str]) -> str:
-    """A slide's id: its file name without the extension (``a.ome.tiff`` → ``a``)."""
-    name = Path(path).name
+    """A slide's id: its file name without the extension (``a.ome.tiff`` → ``a``).
+
+    Undecodable bytes of a non-UTF-8 name are written ``\\xNN`` (see :func:`display_path`).
+    """
+    name = display_path(Path(path).name)
     for suffix in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
@@ -57,8 +87,9 @@ class Slide:
 
     Raises:
         SlideNotFoundError: no such file, a directory, or a symlink loop.
-        SlideOpenError: empty, truncated, unreadable or not an image.
-        InvalidMppError: ``mpp`` given and not plausible (≤ 0, NaN, > 100).
+        SlideOpenError: empty, truncated, unreadable or not an image; a pyramid level
+            whose size is not a reduction of level 0; a file name that is not UTF-8.
+        InvalidMppError: ``mpp`` given and not plausible (< 0.01, NaN, > 100 µm/px).
     """
 
     def __init__(
@@ -75,6 +106,11 @@ class Slide:
         self.level_dimensions: tuple[tuple[int, int], ...] = self._reader.level_dimensions
         self.level_downsamples: tuple[float, ...] = self._reader.level_downsamples
         self.properties: dict[str, str] = self._reader.properties
+        try:
+            _check_levels(self.name, self.level_dimensions, self.path)
+        except SlideOpenError:
+            self._reader.close()
+            raise
         self._mpp: Mpp | None = None
         self._mpp_error: MppError | None = None
         try:
@@ -102,6 +138,9 @@ class Slide:
         if not self._fast_checked:
             self._fast_checked = True
             self._fast = FastTiffReader.try_open(self.path)
+            if self._fast is not None and self._fast.level_dimensions != self.level_dimensions:
+                self._fast.close()  # it parsed the file differently from openslide: not ours
+                self._fast = None
         return self._fast
 
     @property
@@ -217,7 +256,9 @@ class Slide:
 
         Returns RGB uint8 of shape (round(H/ds), round(W/ds), 3); output pixel (i, j) covers
         level-0 pixels [j·ds, (j+1)·ds) × [i·ds, (i+1)·ds). Reads the coarsest level that is
-        at least as fine, in strips, so a huge level is never held whole.
+        at least as fine, in blocks of at most ~16 M level pixels, so a huge level is never
+        held whole. Raises :class:`SlideReadError` when that level holds more than
+        :data:`THUMBNAIL_MAX_LEVEL_PIXELS` (a huge slide without a pyramid).
         """
         if not downsample > 0:
             raise InvalidParameterError(f"thumbnail downsample must be > 0, got {downsample!r}")
@@ -226,22 +267,44 @@ class Slide:
         level = self.best_level_for_downsample(downsample)
         lds = self.level_downsamples[level]
         scale = downsample / lds
-        level_w = math.ceil(out_w * scale)
-        rows_per_strip = max(1, int(_STRIP_PIXELS / max(level_w, 1) / max(scale, 1.0)))
-        out = np.empty((out_h, out_w, 3), np.uint8)
-        for r0 in range(0, out_h, rows_per_strip):
-            r1 = min(out_h, r0 + rows_per_strip)
-            ly0, ly1 = r0 * scale, r1 * scale
-            iy0, iy1 = math.floor(ly0), math.ceil(ly1)
-            strip = self._reader.read_region(0, round(iy0 * lds), level, level_w, iy1 - iy0)
-            if scale == 1.0:
-                out[r0:r1] = strip[: r1 - r0, :out_w]
-                continue
-            box = (0.0, ly0 - iy0, out_w * scale, ly1 - iy0)
-            resized = Image.fromarray(strip).resize(
-                (out_w, r1 - r0), Image.Resampling.BOX, box=box
+        level_w, level_h = math.ceil(out_w * scale), math.ceil(out_h * scale)
+        if level_w * level_h > THUMBNAIL_MAX_LEVEL_PIXELS:
+            lw, lh = self.level_dimensions[level]
+            raise SlideReadError(
+                f"{self.name}: a thumbnail at downsample {downsample:.4g} would decode all of "
+                f"level {level} ({lw}x{lh} px, {lw * lh / 1e9:.3g} Gpx): the slide has no "
+                "coarser pyramid level. Add one, e.g. `vips tiffsave IN OUT.tif --tile "
+                "--pyramid --compression jpeg`, and open that",
+                self.path,
             )
-            out[r0:r1] = np.asarray(resized)
+        if scale > _MAX_BOX_SCALE:
+            # a tiny thumbnail of a level with no coarser pyramid: through a finer one, so
+            # that no single output pixel's footprint is read at once
+            k = math.ceil(scale / _MAX_BOX_SCALE)
+            return _box_reduce(self.read_thumbnail(downsample / k), k, out_w, out_h)
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        if level_w * max(scale, 1.0) <= _STRIP_PIXELS:  # full-width strips
+            cols = out_w
+        else:
+            cols = max(1, int(math.sqrt(_STRIP_PIXELS) / max(scale, 1.0)))
+        rows = max(1, int(_STRIP_PIXELS / max(cols * scale, 1.0) / max(scale, 1.0)))
+        for r0 in range(0, out_h, rows):
+            r1 = min(out_h, r0 + rows)
+            iy0, iy1 = math.floor(r0 * scale), math.ceil(r1 * scale)
+            for c0 in range(0, out_w, cols):
+                c1 = min(out_w, c0 + cols)
+                ix0, ix1 = math.floor(c0 * scale), math.ceil(c1 * scale)
+                block = self._reader.read_region(
+                    round(ix0 * lds), round(iy0 * lds), level, ix1 - ix0, iy1 - iy0
+                )
+                if scale == 1.0:
+                    out[r0:r1, c0:c1] = block[: r1 - r0, : c1 - c0]
+                    continue
+                box = (c0 * scale - ix0, r0 * scale - iy0, c1 * scale - ix0, r1 * scale - iy0)
+                resized = Image.fromarray(block).resize(
+                    (c1 - c0, r1 - r0), Image.Resampling.BOX, box=box
+                )
+                out[r0:r1, c0:c1] = np.asarray(resized)
         return out
 
     def get_thumbnail(self, max_size: int = 1024) -> Image.Image:
@@ -305,39 +368,166 @@ def quickhash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _box_reduce(rgb: np.ndarray, k: int, out_w: int, out_h: int) -> np.ndarray:
+    """Means of ``k`` x ``k`` blocks of ``rgb``, as uint8 (out_h, out_w, 3); padded with
+    white (what lies past the slide) where ``rgb`` is short of ``k·out`` pixels, cut where
+    it is longer."""
+    h, w = out_h * k, out_w * k
+    rgb = rgb[:h, :w]
+    pad = ((0, h - rgb.shape[0]), (0, w - rgb.shape[1]), (0, 0))
+    rgb = np.pad(rgb, pad, constant_values=255)
+    means = rgb.reshape(out_h, k, out_w, k, 3).mean(axis=(1, 3))
+    return np.rint(means).astype(np.uint8)
+
+
+def _check_tiff_layout(path: Path, shown: str, file_size: int) -> None:
+    """Refuse a TIFF whose directories promise what the file cannot hold, before a C reader
+    trusts them and takes the whole process down (glib aborts on a failed allocation;
+    openslide divides by zero on some damaged pyramids): tiles too large to allocate, fewer
+    tile offsets than the image size needs, an Aperio level larger than the first (level 0;
+    Aperio levels are in file order), and image data past the end of the file (a truncated
+    copy). Directories tifffile cannot parse are left to openslide and the fallback reader
+    to judge."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            aperio = str(getattr(tif.pages.first, "description", "")).startswith("Aperio")
+            first: tuple[int, int, int] | None = None
+            for index, page in enumerate(tif.pages):
+                if not isinstance(page, tifffile.TiffPage):
+                    continue
+                tw, th = page.tilewidth, page.tilelength
+                if page.is_tiled and aperio:
+                    size = (index, page.imagewidth, page.imagelength)
+                    first = first or size
+                    if size[1] > first[1] or size[2] > first[2]:
+                        raise SlideOpenError(
+                            f"{shown}: tiled directory {index} is {size[1]}x{size[2]} px, "
+                            f"larger than level 0 (directory {first[0]}, {first[1]}x{first[2]} "
+                            "px); the pyramid is damaged — re-copy the file or re-export it",
+                            path,
+                        )
+                if page.is_tiled and not (0 < tw <= _MAX_TILE_SIDE and 0 < th <= _MAX_TILE_SIDE):
+                    raise SlideOpenError(
+                        f"{shown}: directory {index} declares {tw}x{th} px tiles, beyond what "
+                        f"is decoded here (1 to {_MAX_TILE_SIDE} px a side; scanners write "
+                        "240-4096): the header is corrupt (re-copy the file) or the image is "
+                        "one huge tile (re-export it, e.g. `vips tiffsave --tile --pyramid`)",
+                        path,
+                    )
+                offsets = np.asarray(page.dataoffsets, np.uint64)
+                counts = np.asarray(page.databytecounts, np.uint64)
+                if page.is_tiled:
+                    planes = page.samplesperpixel if int(page.planarconfig) == 2 else 1
+                    needed = -(-page.imagewidth // tw) * -(-page.imagelength // th) * planes
+                    if min(offsets.size, counts.size) < needed:
+                        raise SlideOpenError(
+                            f"{shown}: tiled directory {index} ({page.imagewidth}x"
+                            f"{page.imagelength} px in {tw}x{th} px tiles) needs {needed} tiles "
+                            f"but lists {min(offsets.size, counts.size)}; the header is "
+                            "corrupt — re-copy the file or re-export it",
+                            path,
+                        )
+                if offsets.shape != counts.shape or not offsets.size:
+                    continue
+                end = int((offsets + counts)[counts > 0].max(initial=0))
+                if end > file_size:
+                    raise SlideOpenError(
+                        f"{shown}: the file ends at byte {file_size:,} but the image data of "
+                        f"directory {index} runs to byte {end:,}: it is truncated (an "
+                        "interrupted copy or upload?); re-copy it",
+                        path,
+                    )
+    except SlideOpenError:
+        raise
+    except Exception:  # noqa: BLE001 - tifffile's verdict is advisory; the readers decide
+        return
+
+
+def _check_levels(name: str, dimensions: tuple[tuple[int, int], ...], path: Path) -> None:
+    """Raise :class:`SlideOpenError` unless every level is a (possibly rounded) reduction of
+    level 0 by one downsample in both x and y. A level stretched in one direction would give
+    silently distorted tiles."""
+    w0, h0 = dimensions[0]
+    fix = (
+        "the pyramid is damaged; re-export the slide (e.g. `vips tiffsave --tile --pyramid`) "
+        "or re-scan it"
+    )
+    if w0 <= 0 or h0 <= 0:
+        raise SlideOpenError(f"{name}: level 0 is {w0}x{h0} px, an empty image; {fix}", path)
+    if max(w0, h0) > MAX_SLIDE_SIDE_PX:
+        raise SlideOpenError(
+            f"{name}: level 0 is {w0}x{h0} px, longer than any glass slide at any scanner "
+            f"resolution (at most {MAX_SLIDE_SIDE_PX:,} px a side); the header is corrupt — "
+            "re-copy the file or re-export it from the scanner software",
+            path,
+        )
+    px, rel = _LEVEL_SIZE_SLACK
+    for level, (w, h) in enumerate(dimensions[1:], start=1):
+        ds_x, ds_y = (w0 / w, h0 / h) if w > 0 and h > 0 else (math.inf, math.inf)
+        ds = (ds_x + ds_y) / 2
+        off = max(abs(w - w0 / ds) - px - rel * w, abs(h - h0 / ds) - px - rel * h)
+        if not math.isfinite(ds) or ds < 1 - rel or off > 0:
+            raise SlideOpenError(
+                f"{name}: pyramid level {level} is {w}x{h} px, which is not a reduction of "
+                f"level 0 ({w0}x{h0} px): downsample {ds_x:.4g} in x but {ds_y:.4g} in y; {fix}",
+                path,
+            )
+
+
 def _open_reader(path: Path) -> Reader:
+    shown = display_path(path)
     try:
         st = path.stat()
     except FileNotFoundError:
         raise SlideNotFoundError(
-            f"{path}: no such file; check the path (SLIDES may be files, folders or globs)", path
+            f"{shown}: no such file; check the path (SLIDES may be files, folders or globs)", path
         ) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise SlideNotFoundError(f"{path}: symbolic link loop; fix or remove the link", path) from None
-        raise SlideOpenError(f"{path}: cannot stat the file: {exc.strerror}", path) from None
+            raise SlideNotFoundError(
+                f"{shown}: symbolic link loop; fix or remove the link", path
+            ) from None
+        raise SlideOpenError(f"{shown}: cannot stat the file: {exc.strerror}", path) from None
     if path.is_dir():
         raise SlideNotFoundError(
-            f"{path}: is a directory, not a slide file (pass the files inside it, or for MRXS "
+            f"{shown}: is a directory, not a slide file (pass the files inside it, or for MRXS "
             "the .mrxs file next to its data folder)",
             path,
         )
+    if display_path(path.name) != path.name:
+        raise SlideOpenError(
+            f"{shown}: the file name is not valid UTF-8 (bytes shown as \\xNN); slide ids "
+            "become output file names, manifest rows and labels keys, which must be text: "
+            "rename the file to UTF-8 (e.g. `convmv -f latin1 -t utf-8 --notest FILE`)",
+            path,
+        )
     if st.st_size == 0:
-        raise SlideOpenError(f"{path}: empty file (0 bytes); the copy or scan did not finish", path)
+        raise SlideOpenError(
+            f"{shown}: empty file (0 bytes); the copy or scan did not finish", path
+        )
     try:
         with open(path, "rb") as f:
-            f.read(1)
+            head = f.read(4)
     except PermissionError:
         raise SlideOpenError(
-            f"{path}: permission denied; make the file readable (chmod a+r) for this user", path
+            f"{shown}: permission denied; make the file readable (chmod a+r) for this user", path
         ) from None
+    except OSError as exc:
+        raise SlideOpenError(
+            f"{shown}: cannot read the file ({exc.strerror}); check the disk or network share",
+            path,
+        ) from None
+    if head in _TIFF_MAGIC:
+        _check_tiff_layout(path, shown, st.st_size)
     try:
         return OpenSlideReader(path)
     except openslide.OpenSlideUnsupportedFormatError:
         return FlatImageReader(path)
-    except openslide.OpenSlideError as exc:
+    except (openslide.OpenSlideError, ValueError, LookupError, MemoryError) as exc:
         raise SlideOpenError(
-            f"{path}: openslide cannot read it ({exc}); the file may be truncated or corrupt — "
-            "re-copy it or re-export it from the scanner software",
+            f"{shown}: openslide cannot read it ({type(exc).__name__}: {exc}); the file may be "
+            "truncated or corrupt — re-copy it or re-export it from the scanner software",
             path,
         ) from None

@@ -189,42 +189,92 @@ def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
     return out
 
 
+_REEMBED = "delete it and re-run `wsi embed` (or `wsi embed --redo` for that slide)"
+"""The fix named by every feature-file error."""
+
+
+def _checked_datasets(p: Path, f: h5py.File, features: bool) -> tuple[Any, Any]:
+    """The ``coords`` and (when ``features``) ``features`` datasets of an open tile file,
+    checked for the layout: coords (N, 2) numbers, features (N, D >= 1) numbers."""
+    coords = f.get("coords")
+    if not isinstance(coords, h5py.Dataset):
+        raise FeatureFileError(f"{p}: no 'coords' dataset; not a wsi/CLAM tile file; {_REEMBED}")
+    if coords.ndim != 2 or coords.shape[1] != 2 or not np.issubdtype(coords.dtype, np.number):
+        raise FeatureFileError(
+            f"{p}: coords has shape {coords.shape} ({coords.dtype}), expected (N, 2) numbers; "
+            f"{_REEMBED}"
+        )
+    if not features:
+        return coords, None
+    feats = f.get("features")
+    if not isinstance(feats, h5py.Dataset):
+        raise FeatureFileError(
+            f"{p}: no 'features' dataset: a coords file (`wsi tile` writes those to "
+            "OUT/patches/), not features; pass the OUT/features/<encoder> folder of `wsi embed`"
+        )
+    if not np.issubdtype(feats.dtype, np.number) or np.issubdtype(feats.dtype, np.complexfloating):
+        raise FeatureFileError(f"{p}: features hold {feats.dtype}, not numbers; {_REEMBED}")
+    if feats.ndim != 2 or feats.shape[1] < 1 or feats.shape[0] != coords.shape[0]:
+        raise FeatureFileError(
+            f"{p}: features has shape {feats.shape} but coords has {coords.shape[0]} rows; "
+            f"expected ({coords.shape[0]}, D) with D >= 1; {_REEMBED}"
+        )
+    return coords, feats
+
+
+def _finite_rows(p: Path, data: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``data`` itself, or a FeatureFileError naming the rows (file row numbers) that hold
+    NaN or infinite values (an encoder overflow: fp16 without scaling, a broken weight)."""
+    finite = np.isfinite(data).all(axis=1)
+    if finite.all():
+        return data
+    bad = np.flatnonzero(~finite) if rows is None else np.asarray(rows)[~finite]
+    shown = ", ".join(str(int(r)) for r in bad[:5])
+    if len(bad) > 5:
+        shown += f" (+{len(bad) - 5} more)"
+    raise FeatureFileError(
+        f"{p}: NaN or infinite feature values in {'row' if len(bad) == 1 else 'rows'} {shown}; "
+        f"{_REEMBED}"
+    )
+
+
+def _provenance(f: h5py.File) -> dict[str, Any] | None:
+    """The root ``provenance`` JSON object, or None when absent or not a JSON object."""
+    try:
+        value = json.loads(f.attrs.get("provenance", "{}"))
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def read_tile_file(path: str | os.PathLike[str], features: bool = True) -> TileFile:
     """Read a coords or features file whole; ``features=False`` skips the feature matrix.
 
-    Raises :class:`FeatureFileError` for truncated files or a wrong layout.
+    Raises :class:`FeatureFileError` for truncated files, a wrong layout or shape, and
+    NaN or infinite features.
     """
     p = Path(path)
     try:
         with h5py.File(p, "r") as f:
-            if "coords" not in f:
-                raise FeatureFileError(f"{p}: no 'coords' dataset; not a wsi/CLAM tile file")
-            coords = f["coords"][()]
-            if coords.ndim != 2 or coords.shape[1] != 2:
-                raise FeatureFileError(f"{p}: coords has shape {coords.shape}, expected (N, 2)")
+            with_features = features and "features" in f
+            coords, feats = _checked_datasets(p, f, with_features)
+            fraction = f.get("tissue_fraction")
             result = TileFile(
                 path=p,
-                coords=coords.astype(np.int64),
-                coords_attrs=_attrs(f["coords"]),
-                provenance=json.loads(f.attrs.get("provenance", "{}")),
-                tissue_fraction=f["tissue_fraction"][()] if "tissue_fraction" in f else None,
+                coords=coords[()].astype(np.int64),
+                coords_attrs=_attrs(coords),
+                provenance=_provenance(f) or {},
+                tissue_fraction=fraction[()] if isinstance(fraction, h5py.Dataset) else None,
             )
-            if features and "features" in f:
-                feats = f["features"]
-                if feats.ndim != 2 or feats.shape[0] != coords.shape[0]:
-                    raise FeatureFileError(
-                        f"{p}: features has shape {feats.shape} but coords has "
-                        f"{coords.shape[0]} rows; delete the file and re-run `wsi embed`"
-                    )
-                result.features = feats[()].astype(np.float32, copy=False)
+            if feats is not None:
+                result.features = _finite_rows(p, feats[()].astype(np.float32, copy=False))
                 result.features_attrs = _attrs(feats)
             return result
     except FeatureFileError:
         raise
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         raise FeatureFileError(
-            f"{p}: unreadable HDF5 file ({exc}); it is truncated or corrupt — delete it and "
-            "re-run `wsi embed` (finished slides are skipped)"
+            f"{p}: unreadable HDF5 file ({exc}); it is truncated or corrupt — {_REEMBED}"
         ) from exc
 
 
@@ -234,25 +284,32 @@ def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         with h5py.File(path, "r") as f:
             if "coords" not in f:
                 return None
-            return json.loads(f.attrs.get("provenance", "{}"))
-    except (OSError, ValueError):
+            return _provenance(f)
+    except (OSError, ValueError, TypeError):
         return None
 
 
 class FeatureBag:
-    """Lazy access to one features file: shape without reading, rows on demand."""
+    """Lazy access to one features file: shape without reading, rows on demand.
+
+    Opening checks the layout (coords (N, 2), features (N, D >= 1) numbers); loading checks
+    that the values are finite. Both raise :class:`FeatureFileError` naming the file and the
+    fix (re-embed the slide).
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
             with h5py.File(self.path, "r") as f:
-                feats = f["features"]
+                _, feats = _checked_datasets(self.path, f, features=True)
                 self.shape: tuple[int, int] = (int(feats.shape[0]), int(feats.shape[1]))
                 self.encoder = str(_attrs(feats).get("encoder", ""))
-        except (OSError, KeyError) as exc:
+        except FeatureFileError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             raise FeatureFileError(
-                f"{self.path}: not a readable features file ({exc}); delete it and re-run "
-                "`wsi embed`"
+                f"{self.path}: not a readable features file ({exc}); it is truncated or "
+                f"corrupt — {_REEMBED}"
             ) from exc
 
     @property
@@ -265,15 +322,23 @@ class FeatureBag:
 
     def load(self, rows: np.ndarray | None = None) -> np.ndarray:
         """float32 (N, D), or only ``rows`` (sorted indices) when given."""
+        picked = None if rows is None else np.sort(rows)
         try:
             with h5py.File(self.path, "r") as f:
                 feats = f["features"]
-                data = feats[()] if rows is None else feats[np.sort(rows)]
-        except OSError as exc:
-            raise FeatureFileError(f"{self.path}: read failed ({exc}); re-run `wsi embed`") from exc
-        return data.astype(np.float32, copy=False)
+                data = feats[()] if picked is None else feats[picked]
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise FeatureFileError(
+                f"{self.path}: read failed ({exc}); the file is damaged — {_REEMBED}"
+            ) from exc
+        return _finite_rows(self.path, data.astype(np.float32, copy=False), picked)
 
     def coords(self) -> np.ndarray:
         """int64 (N, 2) level-0 top-left coordinates."""
-        with h5py.File(self.path, "r") as f:
-            return f["coords"][()].astype(np.int64)
+        try:
+            with h5py.File(self.path, "r") as f:
+                return f["coords"][()].astype(np.int64)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise FeatureFileError(
+                f"{self.path}: read failed ({exc}); the file is damaged — {_REEMBED}"
+            ) from exc
