@@ -82,8 +82,11 @@ def test_temporaries_of_dead_processes_on_this_host_are_removed(tmp_path):
     removed = remove_stale_temporaries(tmp_path)
     assert [p.name for p in removed] == [names["dead"]]
     assert temporary_path(tmp_path / "b.h5").name == names["alive"]
-    # the holder of c's lock may clear c's temporaries from any host
-    assert [p.name for p in remove_temporaries_of(tmp_path, "c.h5")] == [names["other_host"]]
+    # the next holder of c's lock clears what c's previous holder (another host) left
+    previous = {"host_tag": "elsewhere", "pid": dead}
+    assert [p.name for p in remove_temporaries_of(tmp_path, "c.h5", previous)] == [
+        names["other_host"]]
+    assert remove_temporaries_of(tmp_path, "c.h5", None) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["alive"], names["not_ours"]])
 
 
@@ -92,12 +95,16 @@ def test_taking_a_slide_clears_its_leftover_temporaries(tmp_path):
     features.mkdir(parents=True)
     (tmp_path / "patches").mkdir()
     left = [features / ".a.h5.tmp-otherhost-12", tmp_path / "patches" / ".a.h5.tmp-otherhost-12"]
-    keep = features / ".ab.h5.tmp-otherhost-12"
-    for p in [*left, keep]:
+    keep = [features / ".ab.h5.tmp-otherhost-12", features / ".a.h5.tmp-otherhost-13"]
+    for p in [*left, *keep]:
         p.write_bytes(b"partial")
+    # a process on another host (pid 12) held a's lock and died mid-write
+    lock_file = slide_lock_path(tmp_path, "a")
+    lock_file.parent.mkdir(parents=True)
+    lock_file.write_text('{"host": "otherhost", "host_tag": "otherhost", "pid": 12}')
     lock = take_slide(tmp_path, "a", features)
-    assert lock is not None
-    assert not any(p.exists() for p in left) and keep.exists()
+    assert lock is not None and lock.previous_holder["pid"] == 12
+    assert not any(p.exists() for p in left) and all(p.exists() for p in keep)
     lock.release()
 
 

@@ -9,8 +9,9 @@ output folder. Three rules keep it consistent:
   ``flock`` that the kernel (or the NFS server, when the client's lease lapses) releases when
   its holder dies: a lock file left by a killed run is not a held lock, so stale locks recover
   by themselves. The file records who holds it (host, pid, start time) for the curious;
-- temporaries of dead processes on this host are deleted at the start of a run, and any
-  temporary of a slide is deleted by whoever takes that slide's lock. (Temporary names and
+- temporaries of dead processes on this host are deleted at the start of a run, and the
+  temporaries a slide's previous lock holder may have left (on any host) are deleted by
+  whoever takes that slide's lock next. (Temporary names and
   the stale cleanup live in :mod:`models.atomic`, shared with the training outputs.)
 
 ``flock`` needs a filesystem that supports it (local disks, NFSv4, Lustre/GPFS/BeeGFS with
@@ -23,7 +24,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import socket
 import time
 from pathlib import Path
@@ -46,29 +46,23 @@ __all__ = [
 LOCKS_DIR = ".locks"
 
 
-def _owner(tmp: Path) -> tuple[str, int] | None:
-    """(host, pid) of a temporary name, or None when it is not one of ours."""
-    host, _, pid = tmp.name.rsplit(".tmp-", 1)[-1].rpartition("-")
-    return (host, int(pid)) if host and pid.isdigit() else None
+def remove_temporaries_of(
+    folder: str | os.PathLike[str], name: str, holder: dict[str, Any] | None
+) -> list[Path]:
+    """Delete the temporary that ``holder`` (a lock's previous holder: ``host_tag``, ``pid``)
+    may have left of the final file ``folder/name``, from any host.
 
-
-def remove_temporaries_of(folder: str | os.PathLike[str], name: str) -> list[Path]:
-    """Delete every temporary of the final file ``folder/name``, from any host.
-
-    Only call this while holding the lock that guards ``name``: nobody else can be
-    writing it then.
+    Only call this while holding the lock that guards ``name``: nobody else can be writing
+    it then. The name is built, not searched for: no directory scan per slide in a folder of
+    100k files.
     """
-    root = Path(folder)
-    if not root.is_dir():
+    if not holder or not str(holder.get("pid", "")).isdigit() or not holder.get("host_tag"):
         return []
-    removed = [t for t in root.glob(f".{_glob_escape(name)}.tmp-*") if _owner(t) is not None]
-    for tmp in removed:
-        tmp.unlink(missing_ok=True)
-    return removed
-
-
-def _glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
+    tmp = Path(folder) / f".{name}.tmp-{holder['host_tag']}-{holder['pid']}"
+    if not tmp.exists():
+        return []
+    tmp.unlink(missing_ok=True)
+    return [tmp]
 
 
 class FileLock:
@@ -81,6 +75,8 @@ class FileLock:
     def __init__(self, path: str | os.PathLike[str], fd: int) -> None:
         self.path = Path(path)
         self._fd: int | None = fd
+        self.previous_holder: dict[str, Any] | None = None
+        """Who held the lock before (host, host_tag, pid, since), read when it was taken."""
 
     @classmethod
     def try_acquire(cls, path: str | os.PathLike[str]) -> FileLock | None:
@@ -105,6 +101,7 @@ class FileLock:
                 "support flock (local disk, NFSv4, Lustre/GPFS with locking enabled)"
             ) from exc
         lock = cls(path, fd)
+        lock.previous_holder = lock._read_holder()
         lock._record_holder()
         return lock
 
@@ -125,9 +122,17 @@ class FileLock:
                 return None
             time.sleep(poll_s)
 
+    def _read_holder(self) -> dict[str, Any] | None:
+        assert self._fd is not None
+        try:
+            holder = json.loads(os.pread(self._fd, 4096, 0))
+        except (OSError, ValueError):
+            return None
+        return holder if isinstance(holder, dict) else None
+
     def _record_holder(self) -> None:
         assert self._fd is not None
-        info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+        info = json.dumps({"host": socket.gethostname(), "host_tag": HOST, "pid": os.getpid(),
                            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, info, 0)
@@ -191,5 +196,5 @@ def take_slide(
     lock = FileLock.acquire(path, timeout_s) if wait else FileLock.try_acquire(path)
     if lock is not None:
         for folder, name in slide_outputs(out_dir, slide_id, features_dir):
-            remove_temporaries_of(folder, name)
+            remove_temporaries_of(folder, name, lock.previous_holder)
     return lock
