@@ -33,9 +33,8 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 def _after_norm(bn: nn.BatchNorm2d) -> nn.Module:
     """What is left of ``bn`` once its affine map is folded: timm's dropout + activation."""
-    parts = [getattr(bn, name) for name in ("drop", "act") if isinstance(getattr(bn, name, None),
-                                                                         nn.Module)]
-    parts = [p for p in parts if not isinstance(p, nn.Identity)]
+    parts = [getattr(bn, name, None) for name in ("drop", "act")]
+    parts = [p for p in parts if isinstance(p, nn.Module) and not isinstance(p, nn.Identity)]
     if not parts:
         return nn.Identity()
     return parts[0] if len(parts) == 1 else nn.Sequential(*parts)

@@ -171,9 +171,9 @@ def slide_lock_path(out_dir: str | os.PathLike[str], slide_id: str) -> Path:
     return Path(out_dir) / LOCKS_DIR / f"{slide_id}.lock"
 
 
-def slide_outputs(out_dir: str | os.PathLike[str], slide_id: str, features_dir: Path | None) -> list[
-    tuple[Path, str]
-]:
+def slide_outputs(
+    out_dir: str | os.PathLike[str], slide_id: str, features_dir: Path | None
+) -> list[tuple[Path, str]]:
     """(folder, file name) of every output of one slide, for temporary cleanup."""
     out = Path(out_dir)
     items = [(out / "patches", f"{slide_id}.h5"), (out / "qc", f"{slide_id}.png"),

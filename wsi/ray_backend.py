@@ -221,7 +221,7 @@ def run_on_ray(run: Any, options: RayOptions) -> list[dict[str, Any]]:
                 done = None if isinstance(exc, OSError) else manifest_row(
                     path, "failed", error=failure_message(exc))
             if done is not None:
-                record(index, done, weak=done["status"] != "failed")
+                record(index, done, weak=True)  # found done: fills a gap only
             else:
                 todo.append((index, path))
 
