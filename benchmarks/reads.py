@@ -11,7 +11,10 @@ patches with each, interleaved in chunks, then prints medians over --repeats run
 - 20x reads of a square block of grid tiles in row-major order (the order a tile grid is
   embedded in), where the decoded-tile caches of both readers come into play;
 - the mean / max absolute difference (grey levels) between the fast patches and
-  ``wsi.Slide.read_patch``.
+  ``wsi.Slide.read_patch``;
+- whole-slide thumbnails (``Slide.read_thumbnail``) at the downsamples tissue detection and
+  QC pictures use: direct tile decoding (DCT-scaled) ÷ the openslide path, and their
+  mean absolute difference.
 
 Usage: python benchmarks/reads.py [--cache DIR] [--patches 300] [--repeats 3] [--mpp 0.25]
 (``--mpp 0.2527`` is a typical Aperio 40x scan: 20x patches are then 443.2 level-0 px.)
@@ -141,6 +144,20 @@ def difference(path: Path, tiles: list[tuple[float, float]], size0: float) -> tu
     return float(np.mean([d.mean() for d in diffs])), int(max(d.max() for d in diffs))
 
 
+def thumbnail_times(path: Path, downsample: float) -> tuple[float, float, float]:
+    """Seconds for one ``read_thumbnail`` through the fast path and through openslide (fresh
+    slides, cold caches), and the mean absolute difference of the two (grey levels)."""
+    times, pictures = [], []
+    for fast in (True, False):
+        with wsi.open_slide(path) as slide:
+            if not fast:
+                slide._fast_checked, slide._fast = True, None  # force the openslide path
+            t = time.perf_counter()
+            pictures.append(slide.read_thumbnail(downsample).astype(np.int16))
+            times.append(time.perf_counter() - t)
+    return times[0], times[1], float(np.abs(pictures[0] - pictures[1]).mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/wsi_bench"))
@@ -175,6 +192,15 @@ def main() -> None:
             f"{' (target ≥ 3)' if (label, order) == ('20x', 'random') else ''}, "
             f"fast ÷ Slide.read_patch = {ratio_slide:.2f}x; "
             f"|fast - Slide| mean {mad:.2f}, max {worst} grey levels"
+        )
+    for downsample in (6.0, 32.0, 128.0):
+        runs = [thumbnail_times(path, downsample) for _ in range(args.repeats)]
+        fast_s, plain_s = (statistics.median(r[i] for r in runs) for i in (0, 1))
+        print(
+            f"thumbnail at downsample {downsample:g} ({round(w / downsample)} x "
+            f"{round(h / downsample)} px): fast {fast_s:.2f} s, openslide {plain_s:.2f} s; "
+            f"openslide ÷ fast time = {statistics.median(r[1] / r[0] for r in runs):.2f}x; "
+            f"mean |diff| {runs[0][2]:.2f} grey levels"
         )
 
 

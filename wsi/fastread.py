@@ -7,6 +7,8 @@ libjpeg-turbo scale the tile inside the decoder (DCT scaling by 1/2, 1/4 or 1/8)
 patch is at least that much coarser than the stored level, pastes the tiles a patch spans,
 and resamples the small remainder exactly as :meth:`wsi.slide.Slide.read_patch` does.
 Decoded tiles stay in an LRU cache bounded in MB, so neighbouring patches share decodes.
+Thumbnails (:meth:`FastTiffReader.read_level_window`) decode every tile once, at the DCT
+scale the thumbnail allows, without touching the cache.
 
 Colours follow openslide: a level stored as ``PhotometricInterpretation = YCbCr`` is
 decoded as YCbCr; one stored as RGB (Aperio's ``JPEG/RGB``) is taken as RGB samples with
@@ -234,8 +236,29 @@ class FastTiffReader:
                 f"{self.path.name}: region size must be positive, got {width}x{height}"
             )
         ds = self.level_downsamples[level]
-        window = self._window(level, 1, round(x / ds), round(y / ds), width, height)
-        return np.array(window)
+        return self.read_level_window(level, 1, round(x / ds), round(y / ds), width, height)
+
+    def read_level_window(
+        self, level: int, reduce: int, ix: int, iy: int, width: int, height: int
+    ) -> np.ndarray:
+        """RGB uint8 (height, width, 3) of ``level`` decoded at 1/``reduce`` (1, 2, 4 or 8;
+        see :meth:`dct_reduce`), top-left at pixel (ix, iy) of that reduced level.
+
+        For whole-area reads (thumbnails): the tiles are decoded once and not cached.
+        """
+        self._check_level(level)
+        if reduce not in (1, *_DCT_SCALES) or width <= 0 or height <= 0:
+            raise InvalidParameterError(
+                f"{self.path.name}: a window needs reduce in 1, 2, 4, 8 and a positive size, "
+                f"got reduce={reduce!r}, {width}x{height}"
+            )
+        return np.array(self._window(level, reduce, ix, iy, width, height, cache=False))
+
+    def dct_reduce(self, level: int, ratio: float) -> int:
+        """The largest factor (8, 4, 2, else 1) by which ``level`` can be decoded inside the
+        JPEG decoder for an output ``ratio`` level pixels per output pixel."""
+        self._check_level(level)
+        return self._dct_scale(level, ratio)
 
     # internals ---------------------------------------------------------------------------
     def _check_level(self, level: int) -> None:
@@ -254,8 +277,11 @@ class FastTiffReader:
                 return scale
         return 1
 
-    def _window(self, level: int, scale: int, ix: int, iy: int, iw: int, ih: int) -> Image.Image:
-        """Pixels ``[ix, ix + iw) x [iy, iy + ih)`` of ``level`` decoded at 1/``scale``."""
+    def _window(
+        self, level: int, scale: int, ix: int, iy: int, iw: int, ih: int, cache: bool = True
+    ) -> Image.Image:
+        """Pixels ``[ix, ix + iw) x [iy, iy + ih)`` of ``level`` decoded at 1/``scale``;
+        ``cache=False`` neither uses nor fills the tile cache."""
         lv = self._levels[level]
         out = Image.new("RGB", (iw, ih), _WHITE)
         tw, th = lv.tile_width // scale, lv.tile_height // scale
@@ -265,18 +291,20 @@ class FastTiffReader:
             return out
         for row in range(y0 // th, (y1 - 1) // th + 1):
             for col in range(x0 // tw, (x1 - 1) // tw + 1):
-                tile = self._tile(level, scale, col, row)
+                tile = self._tile(level, scale, col, row, cache)
                 if tile is not None:
                     out.paste(tile, (col * tw - ix, row * th - iy))
         return out
 
-    def _tile(self, level: int, scale: int, col: int, row: int) -> Image.Image | None:
+    def _tile(
+        self, level: int, scale: int, col: int, row: int, cache: bool = True
+    ) -> Image.Image | None:
         """Tile (col, row) of ``level`` decoded at 1/``scale``, clipped to the level; None
         for a tile with no data."""
         lv = self._levels[level]
         index = lv.tile_index(col, row)
         key = (level, scale, index)
-        hit, tile = self._cache.get(key)
+        hit, tile = self._cache.get(key) if cache else (False, None)
         if hit:
             return tile
         data = self._raw_tile(level, index)
@@ -287,7 +315,8 @@ class FastTiffReader:
             valid_h = _scaled(lv.height, scale) - row * (lv.tile_height // scale)
             if valid_w < tile.width or valid_h < tile.height:
                 tile = tile.crop((0, 0, min(valid_w, tile.width), min(valid_h, tile.height)))
-        self._cache.put(key, tile)
+        if cache:
+            self._cache.put(key, tile)
         return tile
 
     def _raw_tile(self, level: int, index: int) -> bytes | None:

@@ -257,7 +257,10 @@ class Slide:
         Returns RGB uint8 of shape (round(H/ds), round(W/ds), 3); output pixel (i, j) covers
         level-0 pixels [j·ds, (j+1)·ds) × [i·ds, (i+1)·ds). Reads the coarsest level that is
         at least as fine, in blocks of at most ~16 M level pixels, so a huge level is never
-        held whole. Raises :class:`SlideReadError` when that level holds more than
+        held whole. On a tiled JPEG TIFF/SVS the tiles are decoded directly (see
+        :mod:`wsi.fastread`), at 1/2, 1/4 or 1/8 inside the JPEG decoder when the thumbnail
+        is that much coarser than the level: within ~3 grey levels (mean) of the openslide
+        path, bit-identical when no DCT scaling applies. Raises :class:`SlideReadError` when that level holds more than
         :data:`THUMBNAIL_MAX_LEVEL_PIXELS` (a huge slide without a pyramid).
         """
         if not downsample > 0:
@@ -277,13 +280,17 @@ class Slide:
                 "--pyramid --compression jpeg`, and open that",
                 self.path,
             )
+        fast = self._fast_reader()
+        reduce = fast.dct_reduce(level, scale) if fast is not None else 1
+        scale /= reduce  # read pixels (of the level decoded at 1/reduce) per output pixel
         if scale > _MAX_BOX_SCALE:
             # a tiny thumbnail of a level with no coarser pyramid: through a finer one, so
             # that no single output pixel's footprint is read at once
             k = math.ceil(scale / _MAX_BOX_SCALE)
             return _box_reduce(self.read_thumbnail(downsample / k), k, out_w, out_h)
+        read_w = math.ceil(out_w * scale)
         out = np.empty((out_h, out_w, 3), np.uint8)
-        if level_w * max(scale, 1.0) <= _STRIP_PIXELS:  # full-width strips
+        if read_w * max(scale, 1.0) <= _STRIP_PIXELS:  # full-width strips
             cols = out_w
         else:
             cols = max(1, int(math.sqrt(_STRIP_PIXELS) / max(scale, 1.0)))
@@ -294,9 +301,12 @@ class Slide:
             for c0 in range(0, out_w, cols):
                 c1 = min(out_w, c0 + cols)
                 ix0, ix1 = math.floor(c0 * scale), math.ceil(c1 * scale)
-                block = self._reader.read_region(
-                    round(ix0 * lds), round(iy0 * lds), level, ix1 - ix0, iy1 - iy0
-                )
+                if fast is not None:
+                    block = fast.read_level_window(level, reduce, ix0, iy0, ix1 - ix0, iy1 - iy0)
+                else:
+                    block = self._reader.read_region(
+                        round(ix0 * lds), round(iy0 * lds), level, ix1 - ix0, iy1 - iy0
+                    )
                 if scale == 1.0:
                     out[r0:r1, c0:c1] = block[: r1 - r0, : c1 - c0]
                     continue
