@@ -1,9 +1,12 @@
-"""Encoder-only throughput: fp32 vs bf16 autocast, channels_last on/off, measured in one run.
+"""Encoder-only throughput: fp32 vs bf16 autocast, channels_last on/off, graph rewrites.
 
     python3 benchmarks/encoders.py [--device cpu] [--batch-size 32] [--repeats 3]
 
 Prints tiles/s (median of ``--repeats`` timed batches, configurations interleaved so that
-load from other processes hits them alike) and the bf16 / fp32 and channels_last ratios.
+load from other processes hits them alike) and the bf16 / fp32 and channels_last ratios,
+then the speed-up of the inference rewrites load_encoder applies (batch norms folded into
+convolutions, models/fusion.py; static 'SAME' padding, models/samepad.py), each added in
+turn, in the default precision and memory format.
 resnet50_trunc uses random weights (the hub is not needed). Not a test: numbers depend on
 the machine.
 """
@@ -11,9 +14,11 @@ the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -79,6 +84,37 @@ def main() -> None:
         for p in ("fp32", "bf16"):
             ratio = median[(p, True)] / median[(p, False)]
             print(f"{name:20s} channels_last on/off ({p}) = {ratio:.2f}", flush=True)
+        rewrites(name, args.device, batch, args.repeats)
+
+
+def _unchanged(module, probe):
+    """Stands in for a rewrite that is skipped."""
+    return module, 0
+
+
+def rewrites(name: str, device: str, batch: np.ndarray, repeats: int) -> None:
+    """tiles/s with no rewrite, batch norms folded, and folded + static 'SAME' padding."""
+    weights = ENCODERS[name]
+    variants = {}
+    for label, skipped in [
+        ("none", ("fold_batchnorm", "static_same_padding")),
+        ("folded", ("static_same_padding",)),
+        ("folded+static-same", ()),
+    ]:
+        with contextlib.ExitStack() as stack:
+            for rewrite in skipped:
+                stack.enter_context(mock.patch(f"models.encoders.{rewrite}", _unchanged))
+            variants[label] = load_encoder(name, weights, device)
+    for encoder in variants.values():
+        encoder(batch)
+    rates: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(repeats):
+        for label, encoder in variants.items():
+            rates[label].append(tiles_per_s(encoder, batch))
+    base = statistics.median(rates["none"])
+    for label, rate in rates.items():
+        print(f"{name:20s} rewrites {label:20s} {statistics.median(rate):8.1f} tiles/s "
+              f"({statistics.median(rate) / base:.2f} x none)", flush=True)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from torch import nn
 from models.cpu import keep_large_allocations
 from models.errors import EncoderWeightsError, HubUnavailableError, UnknownEncoderError
 from models.fusion import fold_batchnorm
+from models.samepad import static_same_padding
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Weights = str | os.PathLike | None
@@ -523,6 +524,7 @@ def _from_data_config(
     interpolation = data.get("interpolation", "bicubic")
     probe = torch.randn(2, channels, height, width, generator=torch.Generator().manual_seed(0))
     module, _ = fold_batchnorm(module, probe)
+    module, _ = static_same_padding(module, probe)
     return Encoder(
         module=module.eval(),
         name=name,

@@ -237,9 +237,13 @@ def test_a_new_run_over_an_old_one_never_looks_finished(cohort, tmp_path):
     assert main(old) == 0  # a finished run of other settings in the same folder
     old_key = json.loads((run / "fold_0" / "metrics.json").read_text())["run_key"]
 
-    kill_when(train_args(cohort, run), lambda: (run / "fold_0" / "metrics.json").exists()
-              and json.loads((run / "fold_0" / "metrics.json").read_text())["run_key"] != old_key,
-              tmp_path / "log")
+    def new_fold_written() -> bool:
+        try:  # the new run deletes the old fold first: it may vanish between two reads
+            return json.loads((run / "fold_0" / "metrics.json").read_text())["run_key"] != old_key
+        except FileNotFoundError:
+            return False
+
+    kill_when(train_args(cohort, run), new_fold_written, tmp_path / "log")
     assert not check_run_folder(run)
     assert not (run / "model.pt").exists() and not (run / "predictions.csv").exists()
     keys = {json.loads(p.read_text())["run_key"] for p in run.glob("fold_*/metrics.json")}

@@ -150,10 +150,15 @@ def archive(tmp_path):
     return d
 
 
-def _embed_process(archive, out, log):
+def _embed_process(archive, out, log, ready, go):
+    """``wsi embed`` in a child that, once imported, touches ``ready`` and waits for ``go``
+    (so both runs start together, whatever their import times on a loaded machine)."""
     script = (
-        f"import sys; sys.path.insert(0, {REPO!r}); from tests import tiny_encoders; "
-        "tiny_encoders.register(); from wsi.cli import main; "
+        f"import sys, time, pathlib\nsys.path.insert(0, {REPO!r})\n"
+        "from tests import tiny_encoders\ntiny_encoders.register()\n"
+        "from wsi.cli import main\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.01)\n"
         f"sys.exit(main(['embed', {str(archive)!r}, '--out', {str(out)!r}, '--encoder', "
         "'tiny_logged', '--quiet', '--workers', '0', '--batch-size', '4']))"
     )
@@ -164,7 +169,12 @@ def _embed_process(archive, out, log):
 
 def test_two_embed_runs_on_one_folder_embed_every_slide_once(archive, tmp_path):
     out, log = tmp_path / "out", tmp_path / "encoded.log"
-    procs = [_embed_process(archive, out, log) for _ in range(2)]
+    ready, go = [tmp_path / f"ready{i}" for i in range(2)], tmp_path / "go"
+    procs = [_embed_process(archive, out, log, ready[i], go) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
 
