@@ -5,8 +5,8 @@
 # 40x slides read at 20x (4 slides of ~460 tissue tiles each).
 # Record the figures and the hardware (nvidia-smi line) in the README.
 # Knobs (environment): WORKERS reader processes (8), BATCH (256), TILES_SIDE (24),
-# REPEATS (2), DEVICE (cuda; `DEVICE=cpu TILES_SIDE=3 REPEATS=1 BATCH=8` smoke-tests the
-# script on a CPU machine).
+# REPEATS (2), DEVICE (cuda), EXTRA (more embedding.py flags). On a CPU machine
+# `DEVICE=cpu WORKERS=0 TILES_SIDE=3 REPEATS=1 BATCH=8 EXTRA=--skip-bf16` smoke-tests it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -16,5 +16,5 @@ for enc in resnet50_trunc timm:vit_large_patch16_224; do
   echo "== $enc"
   python benchmarks/embedding.py --encoder "$enc" --weights random --device "${DEVICE:-cuda}" \
     --batch-size "${BATCH:-256}" --workers "${WORKERS:-8}" --slides 4 \
-    --tiles-side "${TILES_SIDE:-24}" --small-slides 0 --repeats "${REPEATS:-2}" --skip-rss
+    --tiles-side "${TILES_SIDE:-24}" --small-slides 0 --repeats "${REPEATS:-2}" --skip-rss ${EXTRA:-}
 done
