@@ -5,8 +5,8 @@
 Prints tiles/s (median of ``--repeats`` timed batches, configurations interleaved so that
 load from other processes hits them alike) and the bf16 / fp32 and channels_last ratios,
 then the speed-up of the inference rewrites load_encoder applies (batch norms folded into
-convolutions, models/fusion.py; static 'SAME' padding, models/samepad.py), each added in
-turn, in the default precision and memory format.
+convolutions, models/fusion.py; static 'SAME' padding, models/samepad.py; the frozen CPU
+graph, models/frozen.py), each added in turn, in the default precision and memory format.
 resnet50_trunc uses random weights (the hub is not needed). Not a test: numbers depend on
 the machine.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -93,7 +94,8 @@ def _unchanged(module, probe):
 
 
 def rewrites(name: str, device: str, batch: np.ndarray, repeats: int) -> None:
-    """tiles/s with no rewrite, batch norms folded, and folded + static 'SAME' padding."""
+    """tiles/s with no rewrite, batch norms folded, + static 'SAME' padding, + the frozen
+    CPU graph (models/frozen.py; the default on a CPU at fp32), each added in turn."""
     weights = ENCODERS[name]
     variants = {}
     for label, skipped in [
@@ -104,7 +106,10 @@ def rewrites(name: str, device: str, batch: np.ndarray, repeats: int) -> None:
         with contextlib.ExitStack() as stack:
             for rewrite in skipped:
                 stack.enter_context(mock.patch(f"models.encoders.{rewrite}", _unchanged))
-            variants[label] = load_encoder(name, weights, device)
+            variants[label] = dataclasses.replace(
+                load_encoder(name, weights, device), cpu_graph=False
+            )
+    variants["+frozen-graph"] = load_encoder(name, weights, device)
     for encoder in variants.values():
         encoder(batch)
     rates: dict[str, list[float]] = {label: [] for label in variants}
