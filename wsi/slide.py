@@ -133,8 +133,8 @@ class Slide:
         return "fast-tiff" if self._fast_reader() is not None else self._reader.backend
 
     def _fast_reader(self) -> FastTiffReader | None:
-        # checked on first use: parsing a big TIFF's tile tables is not free, and opening
-        # a slide for its thumbnail or metadata should not pay for it
+        # checked on first use (a patch or thumbnail read): parsing a big TIFF's tile tables
+        # is not free (a few ms), and opening a slide for its metadata should not pay for it
         if not self._fast_checked:
             self._fast_checked = True
             self._fast = FastTiffReader.try_open(self.path)
@@ -260,8 +260,9 @@ class Slide:
         held whole. On a tiled JPEG TIFF/SVS the tiles are decoded directly (see
         :mod:`wsi.fastread`), at 1/2, 1/4 or 1/8 inside the JPEG decoder when the thumbnail
         is that much coarser than the level: within ~3 grey levels (mean) of the openslide
-        path, bit-identical when no DCT scaling applies. Raises :class:`SlideReadError` when that level holds more than
-        :data:`THUMBNAIL_MAX_LEVEL_PIXELS` (a huge slide without a pyramid).
+        path, bit-identical when no DCT scaling applies. Raises :class:`SlideReadError`
+        when that level holds more than :data:`THUMBNAIL_MAX_LEVEL_PIXELS` (a huge slide
+        without a pyramid).
         """
         if not downsample > 0:
             raise InvalidParameterError(f"thumbnail downsample must be > 0, got {downsample!r}")
