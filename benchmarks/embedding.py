@@ -61,6 +61,17 @@ def write_archive(folder: Path, slides: int, tiles_side: int, slide_mpp: float) 
                     downsamples=(1, 4, 16, 64), seed=i)
 
 
+def write_biopsies(folder: Path, slides: int, tiles_side: int) -> int:
+    """``slides`` small 0.5 µm/px slides covered by tissue: ``tiles_side``² tiles each at
+    0.5 µm/px, 224 px. Returns the number of tiles."""
+    side = tiles_side * 224
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(slides):
+        write_slide(folder / f"b{i}.tiff", width=side, height=side, mpp=0.5,
+                    regions=[Region(0, 0, side, side)], seed=100 + i)
+    return slides * tiles_side**2
+
+
 def ratio_run(enc, batch: torch.Tensor, slides: Path, out: Path, args) -> tuple[float, float, int]:
     """(end-to-end ÷ encoder-only tiles/s, end-to-end seconds, tiles) for one archive run."""
     before = encoder_only(enc, batch, 5.0)
@@ -124,11 +135,7 @@ def main() -> None:
         t = time.perf_counter()
         write_archive(tmp / "resections", args.slides, args.tiles_side, args.slide_mpp)
         biopsies = tmp / "biopsies"
-        for i in range(args.small_slides):
-            biopsies.mkdir(exist_ok=True)
-            side = 12 * 224
-            write_slide(biopsies / f"b{i}.tiff", width=side, height=side, mpp=0.5,
-                        regions=[Region(0, 0, side, side)], seed=100 + i)
+        write_biopsies(biopsies, args.small_slides, 12)
         print(f"wrote the slides in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
         def encoder(precision: str):

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from embedding import write_archive  # benchmarks/embedding.py (run as a script)
+from embedding import write_biopsies  # benchmarks/embedding.py (run as a script)
 from torch import nn
 
 from models.encoders import encoder_from_module, load_encoder
@@ -60,7 +60,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="wsi-ray-bench-"))
     try:
-        n_tiles = write_archive(work / "slides", args.slides, args.tiles_side)
+        n_tiles = write_biopsies(work / "slides", args.slides, args.tiles_side)
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         real = load_encoder("efficientnet_lite0", device="cpu")
         cheap = encoder_from_module(_MeanColour(), 3, 32, (0.5,) * 3, (0.25,) * 3, name="mean")

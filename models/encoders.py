@@ -99,9 +99,6 @@ class Encoder:
         state["_graphs"] = {}  # a frozen graph is rebuilt where the encoder lands
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
     def _forward_module(self, x: torch.Tensor) -> nn.Module:
         """The module to run on ``x``: the frozen graph where it applies, else eager."""
         if not (self.cpu_graph and self.device.type == "cpu" and self.precision == "fp32"):

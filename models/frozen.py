@@ -6,8 +6,8 @@ whole graph to oneDNN, which fuses convolutions with their activations and keeps
 pre-packed: EfficientNet-Lite0 1.2x, ResNet-50 1.07x on an AVX2 CPU (benchmarks/encoders.py),
 outputs within 1e-5. The TorchScript API is deprecated in recent torch releases
 (``torch.compile`` is its successor, but compiles for minutes per process on a CPU), so
-everything here is guarded: any failure, warning aside, or any disagreement with the eager
-module on the probe batch gives None, and the caller keeps the eager module.
+everything here is guarded: its deprecation warnings are silenced, and any failure or any
+disagreement with the eager module on the probe batch gives None (the caller stays eager).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import warnings
 
 import torch
 from torch import nn
+
+from models.fusion import outputs_agree
 
 MAX_PARAMETERS = 100_000_000
 """Larger models are not frozen: the frozen copy holds a second, pre-packed set of weights
@@ -36,9 +38,4 @@ def freeze_for_cpu(module: nn.Module, probe: torch.Tensor, rtol: float = 1e-4) -
             expected, got = module(probe), frozen(probe)
     except Exception:  # noqa: BLE001 - an untraceable model or a torch without TorchScript
         return None
-    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
-        return None
-    scale = float(expected.abs().max()) or 1.0
-    if float((got - expected).abs().max()) > rtol * scale:
-        return None
-    return frozen
+    return frozen if outputs_agree(expected, got, rtol) else None
