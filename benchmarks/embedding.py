@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from models.encoders import encoder_from_module, load_encoder
-from wsi.embed import embed_archive
-from wsi.patching import TileOptions
-from wsi.testing import Region, write_slide
+from wsi.pipeline.embed import embed_archive
+from wsi.pipeline.tile import TileOptions
+from wsi.synthetic.slides import Region, write_slide
 
 
 def encoder_only(enc, batch: torch.Tensor, seconds: float = 8.0) -> float:
@@ -156,7 +156,7 @@ def main() -> None:
                 small.append(ratio_run(enc, batch, biopsies, tmp / f"out_small{r}", args))
             if bf16 is not None:
                 prec.append(encoder_only(bf16, batch, 5.0) / encoder_only(fp32, batch, 5.0))
-        from wsi.loader import default_workers
+        from wsi.pipeline.loader import default_workers
 
         workers = default_workers(enc.device.type) if args.workers is None else args.workers
         print(f"encoder {args.encoder} ({enc.precision}) batch {args.batch_size}, "

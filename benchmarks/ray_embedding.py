@@ -28,7 +28,7 @@ from embedding import write_biopsies  # benchmarks/embedding.py (run as a script
 from torch import nn
 
 from models.encoders import encoder_from_module, load_encoder
-from wsi.embed import embed_archive
+from wsi.pipeline.embed import embed_archive
 
 
 class _MeanColour(nn.Module):

@@ -1,4 +1,4 @@
-"""Patch-read speed: the fast tiled-JPEG path (wsi.fastread) vs openslide, on a generated slide.
+"""Patch-read speed: the fast tiled-JPEG path (wsi.io.fastread) vs openslide, on a generated slide.
 
 A 40x slide (default 0.25 µm/px, 32 000 x 24 000 px, textured tissue, 256-px JPEG tiles)
 is written once to --cache. Each repeat opens fresh readers (cold caches) and reads the same
@@ -34,8 +34,8 @@ import openslide
 from PIL import Image
 
 import wsi
-from wsi.fastread import FastTiffReader
-from wsi.testing import Region, write_slide
+from wsi.io.fastread import FastTiffReader
+from wsi.synthetic.slides import Region, write_slide
 
 SLIDE_PX = (32_000, 24_000)
 TILE_TARGET_MPP = 0.5

@@ -21,7 +21,7 @@ import openslide
 from PIL import Image
 
 import wsi
-from wsi.testing import Region, write_slide
+from wsi.synthetic.slides import Region, write_slide
 
 
 def big_slide(cache: Path) -> Path:

@@ -31,7 +31,7 @@ import torch
 
 from models.training import TrainConfig, train
 from wsi.cohort import default_cache_bytes, load_cohort
-from wsi.store import FeatureBag, FeatureWriter
+from wsi.store.h5 import FeatureBag, FeatureWriter
 
 ATTRS = {"patch_size": 224, "patch_level": 0, "downsample": [1.0, 1.0], "name": "bench"}
 

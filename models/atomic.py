@@ -3,7 +3,7 @@
 A process killed at any instant (SIGKILL, or a power cut after the rename) leaves either
 the old file or the complete new one under the final name, never a partial one. A killed
 writer leaves a ``.{name}.tmp-{host}-{pid}`` file, which :func:`remove_stale_temporaries`
-deletes on the next run. The names are those of :mod:`wsi.outputs` (``models`` does not
+deletes on the next run. The names are those of :mod:`wsi.store.folder` (``models`` does not
 import ``wsi``), so either package cleans the other's leftovers.
 """
 

@@ -95,7 +95,7 @@ carries a pen-ink stroke (green or blue) that tissue detection should leave out.
 '''),
     code('''
 if SLIDE is None:
-    from wsi.synthetic import cohort_specs, write_spec
+    from wsi.synthetic.cohort import cohort_specs, write_spec
 
     # the first slide of a small synthetic cohort that carries a pen mark
     specs = cohort_specs(6, seed=0, size_px=(2048, 1536) if FAST else None)
@@ -129,7 +129,7 @@ then raises `MissingMppError` with the fix; `open_slide(path, mpp=...)` (or
 `--slide-mpp` on the command line) supplies it, and `mpp_source` records that it was you.
 '''),
     code('''
-from wsi.testing import Region, write_slide
+from wsi.synthetic.slides import Region, write_slide
 
 bare = write_slide(WORK / "no_mpp.tiff", width=2048, height=1536, mpp=None,
                    regions=[Region(512, 384, 1024, 768, shape="ellipse")])
@@ -197,7 +197,7 @@ The quality-control picture (the same as `wsi tile` writes to `qc/{slide_id}.png
 outline in green, kept tiles in blue.
 '''),
     code('''
-from wsi.qc import qc_image
+from wsi.viz.qc import qc_image
 
 qc_downsample = max(max(slide.dimensions) / 1536, 1.0)  # level-0 px per picture px
 qc = qc_image(
@@ -301,7 +301,7 @@ OUT = COHORT / "embed"  # the embed_archive output folder
 '''
 
 COHORT_WRITE = '''
-from wsi.synthetic import cohort_specs, write_cohort
+from wsi.synthetic.cohort import cohort_specs, write_cohort
 
 specs = cohort_specs(N_SLIDES, SEED, size_px=SLIDE_SIZE_PX)
 slide_paths = [SLIDES_DIR / spec.file_name for spec in specs]
@@ -348,7 +348,7 @@ import pandas as pd
 from IPython.display import Image, display
 
 import wsi
-from wsi.patching import TileOptions
+from wsi.pipeline.tile import TileOptions
 '''),
     md('''
 ## 1. A folder of slides, one of them broken
@@ -500,7 +500,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 import models
 import wsi
-from wsi.finetune import heatmap_run
+from wsi.pipeline.train import heatmap_run
 
 %matplotlib inline
 '''),
@@ -595,7 +595,7 @@ print(f"best epoch {final.best_epoch}; saved {checkpoint}")
 ## 5. Attention heatmaps
 
 `final.attention(bag)` gives, per task, one weight per tile (summing to 1), in the order of
-the feature file's `coords`. `wsi.finetune.heatmap_run` (the `wsi heatmap` command) draws
+the feature file's `coords`. `wsi.pipeline.train.heatmap_run` (the `wsi heatmap` command) draws
 them on the slide thumbnail (rank-normalised colours), and also writes the tiles as a
 GeoJSON with attention as QuPath measurements and a mosaic of the most-attended tiles.
 

@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
-from wsi.testing import Region, write_slide
+from wsi.synthetic.slides import Region, write_slide
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -28,7 +28,7 @@ from tests.badinputs import (
 from tests.conftest import read_manifest
 from wsi.cli import main
 from wsi.errors import FeatureFileError, WsiError
-from wsi.store import FeatureBag, FeatureWriter, read_tile_file
+from wsi.store.h5 import FeatureBag, FeatureWriter, read_tile_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -199,7 +199,7 @@ def test_thumbnail_of_a_level_without_pyramid_is_read_in_blocks(tmp_path):
 def test_cli_tile_over_the_slide_corpus(tmp_path, capsys):
     cases = make_corpus(tmp_path / "corpus")
     slides = tmp_path / "corpus" / "slides"
-    for c in cases:  # reported by its own test below until wsi/batch.py can write its row
+    for c in cases:  # reported by its own test below until wsi/pipeline/batch.py can write its row
         if c.kind == "non-utf8-name" and not c.skip:
             c.path.unlink()
     write_good_slide(slides / "good-a.tiff")

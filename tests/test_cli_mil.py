@@ -10,7 +10,7 @@ from PIL import Image
 from tests import tiny_encoders
 from tests.conftest import write_reference_slide
 from wsi.cli import main
-from wsi.store import FeatureWriter
+from wsi.store.h5 import FeatureWriter
 
 tiny_encoders.register()
 D = 16
@@ -151,7 +151,7 @@ def test_heatmap_of_a_slide(tmp_path):
 
 
 def test_a_second_train_into_a_busy_run_folder_is_refused(cohort, tmp_path, capsys):
-    from wsi.outputs import FileLock
+    from wsi.store.folder import FileLock
 
     feats, labels = cohort
     run = tmp_path / "run"

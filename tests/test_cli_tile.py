@@ -9,7 +9,7 @@ from PIL import Image
 
 from tests.conftest import TISSUE_TILES, read_manifest, shared_file, write_reference_slide
 from wsi.cli import main
-from wsi.testing import write_slide
+from wsi.synthetic.slides import write_slide
 
 
 @pytest.fixture

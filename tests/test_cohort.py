@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from wsi.cohort import BagSequence, load_cohort, read_labels
 from wsi.errors import FeatureFileError, LabelsError
-from wsi.store import FeatureWriter
+from wsi.store.h5 import FeatureWriter
 
 ATTRS = {"patch_size": 224, "patch_level": 0, "downsample": [1.0, 1.0], "name": "s"}
 

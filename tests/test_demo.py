@@ -2,7 +2,7 @@ import json
 
 import pandas as pd
 
-from wsi.demo import run_demo
+from wsi.pipeline.demo import run_demo
 
 
 def test_small_demo_runs_the_whole_pipeline(tmp_path):

@@ -243,7 +243,9 @@ def test_timm_models_with_random_weights_and_with_a_file(tmp_path):
     torch.manual_seed(0)
     resnet18 = timm.create_model("resnet18", num_classes=7).eval()  # a fine-tuned head
     torch.save(resnet18.state_dict(), tmp_path / "r18.pth")
-    encoder = load_encoder("timm:resnet18", weights=tmp_path / "r18.pth", device="cpu")
+    encoder = load_encoder(
+        "timm:resnet18", weights=tmp_path / "r18.pth", device="cpu", precision="fp32"
+    )
     with torch.inference_mode():
         expected = resnet18.forward_head(
             resnet18.forward_features(encoder.preprocess(tiles)), pre_logits=True

@@ -1,4 +1,4 @@
-"""wsi.fastread: raw-tile JPEG reads match the openslide path, qualify only the right slides.
+"""wsi.io.fastread: raw-tile JPEG reads match the openslide path, qualify only the right slides.
 
 Tolerances are mean / max absolute differences in 8-bit grey levels against
 ``wsi.open_slide(path).read_patch`` (openslide + PIL bilinear). Reads that decode at full
@@ -34,8 +34,8 @@ from PIL import Image
 import wsi
 from tests.conftest import shared_file
 from wsi.errors import SlideReadError
-from wsi.fastread import FastTiffReader
-from wsi.testing import Region, render, write_flat_image, write_slide
+from wsi.io.fastread import FastTiffReader
+from wsi.synthetic.slides import Region, render, write_flat_image, write_slide
 
 W, H = 2000, 1500
 TILE = 256

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from tests.badinputs import write_good_slide
-from wsi.testing import write_flat_image
+from wsi.synthetic.slides import write_flat_image
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("WSI_FUZZ_EXAMPLES", "200"))

@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from wsi.errors import InvalidParameterError
-from wsi.heatmap import (
+from wsi.viz.heatmap import (
     COLORBAR_PANEL_PX,
     attention_overlay,
     normalize_scores,
@@ -22,7 +22,7 @@ from wsi.heatmap import (
     tiles_geojson,
     top_tiles_mosaic,
 )
-from wsi.qc import CAPTION_PX
+from wsi.viz.qc import CAPTION_PX
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 INFERNO = matplotlib.colormaps["inferno"]

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from wsi.errors import InvalidMppError, MissingMppError
-from wsi.mpp import resolve_mpp
+from wsi.io.mpp import resolve_mpp
 
 
 def test_argument_wins_over_metadata():

@@ -14,9 +14,8 @@ import pytest
 
 from tests import tiny_encoders
 from tests.conftest import read_manifest, write_reference_slide
-from wsi.batch import Manifest, manifest_row
-from wsi.embed import embed_archive
-from wsi.outputs import (
+from wsi.pipeline.embed import embed_archive
+from wsi.store.folder import (
     HOST,
     FileLock,
     lock_holder,
@@ -26,6 +25,7 @@ from wsi.outputs import (
     take_slide,
     temporary_path,
 )
+from wsi.store.manifest import Manifest, manifest_row
 
 tiny_encoders.register()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,7 @@ def test_a_lock_is_exclusive_until_released(tmp_path):
 def test_a_killed_holders_lock_file_is_not_a_held_lock(tmp_path):
     path = slide_lock_path(tmp_path, "a")
     script = (
-        f"import sys, time; sys.path.insert(0, {REPO!r}); from wsi.outputs import FileLock; "
+        f"import sys, time; sys.path.insert(0, {REPO!r}); from wsi.store.folder import FileLock; "
         f"lock = FileLock.try_acquire({str(path)!r}); print('locked', flush=True); time.sleep(60)"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from wsi.errors import InvalidParameterError
-from wsi.qc import (
+from wsi.viz.qc import (
     CAPTION_PX,
     MAX_SIDE_PX,
     TILE_GRID_RGB,

@@ -10,8 +10,8 @@ import pytest
 from tests import tiny_encoders
 from tests.conftest import read_manifest, write_reference_slide
 from wsi.cli import main
-from wsi.embed import embed_archive
-from wsi.ray_backend import RayOptions
+from wsi.pipeline.embed import embed_archive
+from wsi.pipeline.ray_runner import RayOptions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,7 @@ import pytest
 import wsi
 from tests.conftest import shared_file, write_reference_slide
 from wsi.errors import InvalidMppError, MissingMppError, SlideNotFoundError, SlideOpenError
-from wsi.testing import write_flat_image
+from wsi.synthetic.slides import write_flat_image
 
 
 def test_generic_tiff_geometry_and_mpp(slide_025):
@@ -50,7 +50,7 @@ def test_read_region_and_thumbnail_pixels(slide_025):
 def test_thumbnail_is_streamed_in_strips_with_the_same_result(slide_025, monkeypatch):
     with wsi.open_slide(slide_025) as s:
         whole = s.read_thumbnail(5.3)
-        monkeypatch.setattr("wsi.slide._STRIP_PIXELS", 5_000)
+        monkeypatch.setattr("wsi.io.slide._STRIP_PIXELS", 5_000)
         strips = s.read_thumbnail(5.3)
     assert whole.shape == strips.shape == (580, 773, 3)
     # the last row straddles the slide edge, where glass meets white padding

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from wsi.errors import FeatureFileError
-from wsi.store import FeatureBag, FeatureWriter, read_provenance, read_tile_file, write_coords
+from wsi.store.h5 import FeatureBag, FeatureWriter, read_provenance, read_tile_file, write_coords
 
 ATTRS = {"patch_size": 448, "patch_level": 0, "downsample": [1.0, 1.0], "name": "s"}
 

@@ -22,7 +22,7 @@ from scipy.stats import spearmanr
 
 import wsi
 from wsi.errors import InvalidParameterError
-from wsi.synthetic import (
+from wsi.synthetic.cohort import (
     LABEL_COLUMNS,
     SLIDE_MPP,
     TUMOUR_TYPES,

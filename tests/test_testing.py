@@ -12,9 +12,9 @@ import openslide
 import pytest
 import tifffile
 
-from wsi import testing
 from wsi.errors import InvalidParameterError
-from wsi.testing import (
+from wsi.synthetic import slides as testing
+from wsi.synthetic.slides import (
     GLASS,
     PenMark,
     Region,

@@ -4,7 +4,7 @@ import pytest
 import wsi
 from tests.conftest import TISSUE_TILES, shared_file, write_reference_slide
 from wsi.errors import InvalidParameterError, MissingMppError, SlideTooSmallError
-from wsi.testing import Region, write_slide
+from wsi.synthetic.slides import Region, write_slide
 
 
 def _grid(path, **kwargs):

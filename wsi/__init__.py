@@ -31,12 +31,12 @@ from wsi.errors import (
     SlideTooSmallError,
     WsiError,
 )
-from wsi.ray_backend import RayOptions
-from wsi.slide import Slide, open_slide
+from wsi.io.slide import Slide, open_slide
+from wsi.pipeline.ray_runner import RayOptions
 from wsi.tiling import TileGrid, tile
 from wsi.tissue import TissueMask, detect_tissue
 
-_LAZY = {"embed": "wsi.embed", "embed_archive": "wsi.embed"}
+_LAZY = {"embed": "wsi.pipeline.embed", "embed_archive": "wsi.pipeline.embed"}
 
 
 def __getattr__(name: str) -> Any:

@@ -126,8 +126,8 @@ def _finish(rows: list[dict], out: Path) -> int:
 
 def cmd_tile(args: argparse.Namespace) -> int:
     """``wsi tile``: coords files, QC pictures and the manifest for each slide."""
-    from wsi.batch import find_slides
-    from wsi.patching import TileOptions, tile_archive
+    from wsi.pipeline.batch import find_slides
+    from wsi.pipeline.tile import TileOptions, tile_archive
 
     options = TileOptions(args.mpp, args.size, args.overlap, args.min_tissue, args.slide_mpp)
     options.check()
@@ -139,9 +139,9 @@ def cmd_tile(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """``wsi embed``: tile and encode each slide into features/{encoder}/{slide_id}.h5."""
-    from wsi.embed import embed_archive
-    from wsi.patching import TileOptions
-    from wsi.ray_backend import RayOptions
+    from wsi.pipeline.embed import embed_archive
+    from wsi.pipeline.ray_runner import RayOptions
+    from wsi.pipeline.tile import TileOptions
 
     options = TileOptions(args.mpp, args.size, args.overlap, args.min_tissue, args.slide_mpp)
     ray = RayOptions(
@@ -162,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``wsi train``: cross-validation metrics, out-of-fold predictions, the final model.
     Exit 1 when unreadable feature files were left out (one line each)."""
     from models.training import TrainConfig
-    from wsi.finetune import train_run
+    from wsi.pipeline.train import train_run
 
     config = TrainConfig(epochs=args.epochs, max_tiles=args.max_tiles, seed=args.seed)
     cv, cohort = train_run(
@@ -180,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """``wsi predict``: one row of predictions per slide of a features folder; a file that
     cannot be used is one printed line and a row with its ``error`` (exit 1)."""
-    from wsi.finetune import predict_run
+    from wsi.pipeline.train import predict_run
 
     frame = predict_run(args.checkpoint, args.features, args.out, attention_dir=args.attention,
                         progress=not args.quiet)
@@ -193,7 +193,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_heatmap(args: argparse.Namespace) -> int:
     """``wsi heatmap``: attention pictures of one slide."""
-    from wsi.finetune import heatmap_run
+    from wsi.pipeline.train import heatmap_run
 
     for path in heatmap_run(args.checkpoint, args.slide, args.features, args.out,
                             slide_mpp=args.slide_mpp):
@@ -203,8 +203,8 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``wsi demo``: the synthetic-cohort walkthrough, offline."""
-    from wsi.demo import run_demo
     from wsi.errors import InvalidParameterError
+    from wsi.pipeline.demo import run_demo
 
     if args.slides < 9:
         raise InvalidParameterError(

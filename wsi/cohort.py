@@ -4,7 +4,7 @@
     print(cohort.report())
     models.training.train(cohort.bags, cohort.labels, classify=["subtype"])
 
-Feature files are ``DIR/{slide_id}.h5`` (CLAM/TRIDENT layout, read through :mod:`wsi.store`).
+Feature files are ``DIR/{slide_id}.h5`` (CLAM/TRIDENT layout, read through :mod:`wsi.store.h5`).
 The labels CSV has a ``slide_id`` column, an optional ``patient_id`` column, and target
 columns; an empty cell means "unknown" for that target. Slides in the table without a
 feature file, feature files without a row, and zero-tile bags are left out of the cohort
@@ -32,7 +32,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from wsi.errors import FeatureFileError, LabelsError
-from wsi.store import FeatureBag
+from wsi.store.h5 import FeatureBag
 
 ID_COLUMNS = ("slide_id", "patient_id")
 # Cells that mean "unknown" in target columns besides empty ones (R writes NA, Excel #N/A).

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from wsi.errors import InvalidParameterError, SlideTooSmallError
-from wsi.slide import Slide
+from wsi.io.slide import Slide
 from wsi.tissue import TissueMask, detect_tissue
 
 

@@ -25,7 +25,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import approximate_polygon, find_contours
 
 from wsi.errors import InvalidParameterError, SlideReadError
-from wsi.geojson import feature_collection, polygon_feature
+from wsi.viz.geojson import feature_collection, polygon_feature
 
 DEFAULT_MASK_MPP = 8.0
 """µm per mask pixel aimed at when the slide's mpp is known; also the scale assumed for
@@ -64,7 +64,7 @@ _GLASS_MAX_SATURATION = 0.08
 
 
 class ThumbnailSource(Protocol):
-    """What :func:`detect_tissue` needs from a slide (``wsi.slide.Slide`` provides it)."""
+    """What :func:`detect_tissue` needs from a slide (``wsi.io.slide.Slide`` provides it)."""
 
     @property
     def name(self) -> str: ...

@@ -34,8 +34,8 @@ from wsi.errors import (
     SlideTooSmallError,
     WsiError,
 )
-from wsi.store import FeatureWriter
-from wsi.testing import Region, write_slide
+from wsi.store.h5 import FeatureWriter
+from wsi.synthetic.slides import Region, write_slide
 
 __all__ = [
     "GOOD_SLIDE",

@@ -73,7 +73,7 @@ _TILES_AHEAD = 8 * _WORKERS
 _MACRO_MAX_SIDE = 512
 # tifffile keywords: JPEG in YCbCr with 2x2 chroma subsampling; no tifffile JSON metadata.
 _JPEG = {"compression": "jpeg", "photometric": "rgb", "subsampling": (2, 2)}
-_PLAIN = {"metadata": None, "software": "wsi.testing"}
+_PLAIN = {"metadata": None, "software": "wsi.synthetic.slides"}
 # Uncompressed pixels bound the JPEG file: past ~4 GiB (less headroom), offsets need BigTIFF.
 _BIGTIFF_ABOVE_BYTES = 2**32 - 2**26
 
@@ -610,7 +610,7 @@ def write_flat_image(path: str | Path, rgb: np.ndarray, mpp: float | None = None
         photometric="rgb",
         compression=None,
         metadata=None,
-        software="wsi.testing",
+        software="wsi.synthetic.slides",
         **scale,
     )
     return path

@@ -19,8 +19,8 @@ import pandas as pd
 
 from wsi.cohort import Cohort, feature_files, load_cohort
 from wsi.errors import FeatureFileError, LabelsError
-from wsi.heatmap import attention_overlay, save_png, tiles_geojson, top_tiles_mosaic
-from wsi.store import FeatureBag
+from wsi.store.h5 import FeatureBag
+from wsi.viz.heatmap import attention_overlay, save_png, tiles_geojson, top_tiles_mosaic
 
 HEATMAP_LONG_SIDE_PX = 2048
 TOP_TILES = 16
@@ -68,7 +68,7 @@ def train_run(
 def _run_folder_lock(run_dir: Path) -> Any:
     """The lock of a run folder (``RUN/.locks/run.lock``): one ``wsi train`` writes it at a time."""
     from wsi.errors import OutputFolderError
-    from wsi.outputs import FileLock, lock_holder
+    from wsi.store.folder import FileLock, lock_holder
 
     path = run_dir / ".locks" / "run.lock"
     lock = FileLock.try_acquire(path)
@@ -199,8 +199,8 @@ def heatmap_run(
     ``OUT_<task>.png`` for the others), a GeoJSON of tiles with attention and scores as
     QuPath measurements, and a mosaic of the ``top_k`` most attended tiles per task."""
     import models
-    from wsi.slide import open_slide
-    from wsi.store import read_tile_file
+    from wsi.io.slide import open_slide
+    from wsi.store.h5 import read_tile_file
 
     trained = models.load_checkpoint(checkpoint)
     tiles = read_tile_file(features_h5)

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from wsi.errors import FeatureFileError
-from wsi.outputs import temporary_path
+from wsi.store.folder import temporary_path
 
 FEATURE_CHUNK_ROWS = 256
 

@@ -4,7 +4,7 @@ The driver (the process that calls ``embed_archive(..., backend="ray")`` or
 ``wsi embed --ray``) finds the slides, answers the ones already embedded from their feature
 files (the same provenance check as the local backend, without loading the model), submits
 one task per remaining slide and writes ``manifest.csv`` as results come back. A task runs
-the local pipeline on its one slide inside a Ray worker (:class:`wsi.embed._ArchiveRun`,
+the local pipeline on its one slide inside a Ray worker (:class:`wsi.pipeline.embed._ArchiveRun`,
 under the slide's lock), so it writes exactly the files the local backend writes into the
 shared output folder. Workers keep the loaded encoder between their tasks.
 
@@ -146,8 +146,8 @@ def embed_slide_task(
     cpus: float,
 ) -> dict[str, Any]:
     """What one Ray task runs: the local pipeline on one slide; returns its manifest row."""
-    from wsi.embed import _ArchiveRun
-    from wsi.loader import default_workers
+    from wsi.pipeline.embed import _ArchiveRun
+    from wsi.pipeline.loader import default_workers
 
     threads = max(1, int(cpus))
     if device == "cpu":
@@ -165,7 +165,7 @@ def embed_slide_task(
 
 
 def _gave_up_row(path: Path, exc: BaseException, attempts: int) -> dict[str, Any]:
-    from wsi.batch import manifest_row
+    from wsi.store.manifest import manifest_row
 
     first = str(exc).strip().splitlines()
     detail = first[0] if first else type(exc).__name__
@@ -180,8 +180,9 @@ def run_on_ray(run: Any, options: RayOptions) -> list[dict[str, Any]]:
     """Run an ``_ArchiveRun``'s slides as Ray tasks; its manifest is written here."""
     from tqdm.auto import tqdm
 
-    from wsi.batch import duplicate_id_row, failure_message, manifest_row
-    from wsi.slide import slide_id_of
+    from wsi.io.slide import slide_id_of
+    from wsi.pipeline.batch import duplicate_id_row, failure_message
+    from wsi.store.manifest import manifest_row
 
     ray = import_ray()
     if options.retries < 0:

@@ -5,7 +5,7 @@ For a pyramidal TIFF whose levels are tiled JPEG, :class:`FastTiffReader` does l
 it reads the raw tile bytes itself (one file descriptor per process, ``os.pread``), lets
 libjpeg-turbo scale the tile inside the decoder (DCT scaling by 1/2, 1/4 or 1/8) when the
 patch is at least that much coarser than the stored level, pastes the tiles a patch spans,
-and resamples the small remainder exactly as :meth:`wsi.slide.Slide.read_patch` does.
+and resamples the small remainder exactly as :meth:`wsi.io.slide.Slide.read_patch` does.
 Decoded tiles stay in an LRU cache bounded in MB, so neighbouring patches share decodes.
 Thumbnails (:meth:`FastTiffReader.read_level_window`) decode every tile once, at the DCT
 scale the thumbnail allows, without touching the cache.
@@ -200,7 +200,7 @@ class FastTiffReader:
         """RGB uint8 (out_size, out_size, 3) of the level-0 box ``[x, x + size_level0)²``.
 
         The box is read at ``level`` and resampled (bilinear) to ``out_size`` px, as
-        :meth:`wsi.slide.Slide.read_patch` does; when the patch is about 2, 4 or 8 times
+        :meth:`wsi.io.slide.Slide.read_patch` does; when the patch is about 2, 4 or 8 times
         coarser than the level (see :data:`DCT_SCALE_TOLERANCE`), tiles are decoded at that
         scale first, then resized for the remainder, or lightly blurred to match the
         openslide path when no remainder is left. Areas outside the level are white.

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from wsi.slide import Slide
+from wsi.io.slide import Slide
 from wsi.tiling import TileGrid
 
 _OPEN_SLIDES_PER_WORKER = 4
@@ -94,7 +94,7 @@ class PatchReader(Dataset):
         return self._open[key]
 
     def __getitem__(self, spec: BatchSpec) -> PatchBatch:  # type: ignore[override]
-        from wsi.batch import failure_message
+        from wsi.pipeline.batch import failure_message
 
         try:
             slide = self._slide(spec.path, spec.slide_mpp)

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from wsi.errors import InvalidParameterError
-from wsi.testing import GLASS, Painter, PenMark, write_slide
+from wsi.synthetic.slides import GLASS, Painter, PenMark, write_slide
 
 TUMOUR_TYPES: tuple[str, ...] = ("glandular", "solid", "sarcomatoid")
 """Tumour architectures: round lumens ringed by nuclei in stroma; dense sheets of large
@@ -466,7 +466,7 @@ _TYPE_FIELDS = {
 
 
 class _SlidePainter:
-    """Renders one :class:`SlideSpec`; see :data:`wsi.testing.Painter` for the contract."""
+    """Renders one :class:`SlideSpec`; see :data:`wsi.synthetic.slides.Painter` for the contract."""
 
     def __init__(self, spec: SlideSpec) -> None:
         self.spec = spec
@@ -811,7 +811,7 @@ class _SlidePainter:
 
 
 def painter_for(spec: SlideSpec) -> Painter:
-    """The :data:`wsi.testing.Painter` that renders ``spec`` (level-0 window, downsample)."""
+    """The :data:`wsi.synthetic.slides.Painter` that renders ``spec`` (level-0 window, downsample)."""
     return _SlidePainter(spec)
 
 

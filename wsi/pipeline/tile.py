@@ -13,15 +13,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from wsi.batch import Manifest, manifest_row, run_batch
 from wsi.errors import SlideReadError
-from wsi.heatmap import save_png
-from wsi.outputs import temporary_path
-from wsi.qc import qc_image
-from wsi.slide import Slide, open_slide
-from wsi.store import write_coords
+from wsi.io.slide import Slide, open_slide
+from wsi.pipeline.batch import run_batch
+from wsi.store.folder import temporary_path
+from wsi.store.h5 import write_coords
+from wsi.store.manifest import Manifest, manifest_row
 from wsi.tiling import TileGrid, check_tiling_params, tile
 from wsi.tissue import TissueMask, detect_tissue
+from wsi.viz.heatmap import save_png
+from wsi.viz.qc import qc_image
 
 QC_LONG_SIDE_PX = 1536
 """Long side of the QC picture's thumbnail, when the mask's own thumbnail is smaller."""
@@ -41,7 +42,7 @@ class TileOptions:
         """Raise :class:`InvalidParameterError` for values out of range."""
         check_tiling_params(self.mpp, self.size, self.overlap, self.min_tissue)
         if self.slide_mpp is not None:
-            from wsi.mpp import check_mpp
+            from wsi.io.mpp import check_mpp
 
             check_mpp(self.slide_mpp, what="--slide-mpp", name="options", fix="e.g. 0.25")
 

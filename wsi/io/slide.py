@@ -25,9 +25,9 @@ from wsi.errors import (
     SlideOpenError,
     SlideReadError,
 )
-from wsi.fastread import FastTiffReader
-from wsi.mpp import Mpp, resolve_mpp
-from wsi.readers import FlatImageReader, OpenSlideReader, Reader
+from wsi.io.fastread import FastTiffReader
+from wsi.io.mpp import Mpp, resolve_mpp
+from wsi.io.readers import FlatImageReader, OpenSlideReader, Reader
 
 _STRIP_PIXELS = 16_000_000
 """Level pixels decoded at once by :meth:`Slide.read_thumbnail` (bounded memory)."""
@@ -82,7 +82,7 @@ class Slide:
             TIFF/JPEG/PNG through the fallback reader).
         mpp: level-0 µm per pixel, overriding missing or wrong metadata.
         fast_reads: read patches of tiled JPEG TIFF/SVS slides by decoding their JPEG tiles
-            directly, with DCT scaling for coarser targets (``wsi.fastread``; ~3x faster
+            directly, with DCT scaling for coarser targets (``wsi.io.fastread``; ~3x faster
             than openslide for 20x patches from 40x scans); openslide otherwise.
 
     Raises:
@@ -258,7 +258,7 @@ class Slide:
         level-0 pixels [j·ds, (j+1)·ds) × [i·ds, (i+1)·ds). Reads the coarsest level that is
         at least as fine, in blocks of at most ~16 M level pixels, so a huge level is never
         held whole. On a tiled JPEG TIFF/SVS the tiles are decoded directly (see
-        :mod:`wsi.fastread`), at 1/2, 1/4 or 1/8 inside the JPEG decoder when the thumbnail
+        :mod:`wsi.io.fastread`), at 1/2, 1/4 or 1/8 inside the JPEG decoder when the thumbnail
         is that much coarser than the level: within ~3 grey levels (mean) of the openslide
         path, bit-identical when no DCT scaling applies. Raises :class:`SlideReadError`
         when that level holds more than :data:`THUMBNAIL_MAX_LEVEL_PIXELS` (a huge slide

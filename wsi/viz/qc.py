@@ -3,7 +3,7 @@
 Nothing here opens a slide: inputs are arrays. Coordinates are level-0 pixels and every
 thumbnail comes with its ``downsample`` (level-0 pixels per thumbnail pixel).
 
-The module also holds the drawing primitives that :mod:`wsi.heatmap` shares: fitting a
+The module also holds the drawing primitives that :mod:`wsi.viz.heatmap` shares: fitting a
 thumbnail into a maximum size, mapping level-0 tiles to thumbnail pixels and a caption line.
 """
 

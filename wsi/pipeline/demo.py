@@ -88,9 +88,9 @@ def run_demo(
     ``size_px`` (width, height at 0.5 µm/px) shrinks the slides, e.g. for tests.
     """
     from models.training import TrainConfig
-    from wsi.embed import embed_archive
-    from wsi.finetune import heatmap_run, train_run
-    from wsi.synthetic import write_cohort
+    from wsi.pipeline.embed import embed_archive
+    from wsi.pipeline.train import heatmap_run, train_run
+    from wsi.synthetic.cohort import write_cohort
 
     out = Path(out_dir)
     result = DemoResult(out)

@@ -20,9 +20,9 @@ from PIL import Image, ImageDraw
 from scipy.stats import rankdata
 
 from wsi.errors import InvalidParameterError
-from wsi.geojson import feature_collection, polygon_feature
-from wsi.outputs import temporary_path
-from wsi.qc import (
+from wsi.store.folder import temporary_path
+from wsi.viz.geojson import feature_collection, polygon_feature
+from wsi.viz.qc import (
     CAPTION_PX,
     MAX_SIDE_PX,
     as_rgb,

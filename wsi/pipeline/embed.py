@@ -21,19 +21,26 @@ from typing import Any
 
 import numpy as np
 
-from wsi.batch import Manifest, duplicate_id_row, failure_message, find_slides, manifest_row
 from wsi.errors import FeatureFileError
-from wsi.loader import BatchSpec, PatchBatch, default_workers, patch_loader
-from wsi.outputs import FileLock, lock_holder, remove_stale_temporaries, slide_lock_path, take_slide
-from wsi.patching import TileOptions, provenance, tile_slide, write_qc
-from wsi.ray_backend import RayOptions, import_ray, run_on_ray
-from wsi.slide import Slide, quickhash, slide_id_of
-from wsi.store import (
+from wsi.io.slide import Slide, quickhash, slide_id_of
+from wsi.pipeline.batch import duplicate_id_row, failure_message, find_slides
+from wsi.pipeline.loader import BatchSpec, PatchBatch, default_workers, patch_loader
+from wsi.pipeline.ray_runner import RayOptions, import_ray, run_on_ray
+from wsi.pipeline.tile import TileOptions, provenance, tile_slide, write_qc
+from wsi.store.folder import (
+    FileLock,
+    lock_holder,
+    remove_stale_temporaries,
+    slide_lock_path,
+    take_slide,
+)
+from wsi.store.h5 import (
     FeatureBag,
     FeatureWriter,
     read_provenance,
     write_coords,
 )
+from wsi.store.manifest import Manifest, manifest_row
 from wsi.tiling import TileGrid
 
 DEFAULT_ENCODER = "efficientnet_lite0"
@@ -497,13 +504,13 @@ def embed_archive(
     Writes ``patches/{id}.h5``, ``features/{encoder}/{id}.h5``, ``qc/{id}.png|geojson`` and
     ``manifest.csv``. ``slides`` are files, folders or globs. Slides already embedded with
     the same provenance are skipped; a failed slide gets a ``failed`` row and the rest go
-    on. ``workers``: reader processes (None: :func:`wsi.loader.default_workers` for the
+    on. ``workers``: reader processes (None: :func:`wsi.pipeline.loader.default_workers` for the
     encoder's device — 0 on a small CPU machine, where reading in-process is fastest).
     Tiles that cannot be decoded (a corrupt JPEG tile) are left out and counted in the
     manifest's ``failed_tiles``; a slide with more than ``max_failed_fraction`` of them fails.
 
     ``backend="ray"`` runs one Ray task per slide on a cluster (``ray``: address, retries,
-    CPUs/GPUs per task; see :mod:`wsi.ray_backend`); the files written are the same.
+    CPUs/GPUs per task; see :mod:`wsi.pipeline.ray_runner`); the files written are the same.
     Several runs may share one output folder: each slide is processed under a lock.
     """
     from wsi.errors import InvalidParameterError

@@ -2,7 +2,7 @@
 
 A reader exposes level geometry, openslide-style properties, associated images and
 ``read_region`` returning RGB uint8 with transparent areas composited onto white.
-:class:`wsi.slide.Slide` picks one and adds the physical scale and patch logic on top.
+:class:`wsi.io.slide.Slide` picks one and adds the physical scale and patch logic on top.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ FALLBACK_MAX_PIXELS = 1_000_000_000
 
 
 class Reader(Protocol):
-    """What :class:`wsi.slide.Slide` needs from a back end."""
+    """What :class:`wsi.io.slide.Slide` needs from a back end."""
 
     backend: str
     level_dimensions: tuple[tuple[int, int], ...]

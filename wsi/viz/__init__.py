@@ -1,0 +1,2 @@
+"""Pictures and drawings: QC thumbnails, attention heatmaps, GeoJSON for QuPath.
+"""
