@@ -35,8 +35,8 @@ import torch
 
 from models.encoders import encoder_from_module, load_encoder
 from wsi.pipeline.embed import embed_archive
-from wsi.pipeline.tile import TileOptions
 from wsi.synthetic.slides import Region, write_slide
+from wsi.tiling import TileOptions
 
 
 def encoder_only(enc, batch: torch.Tensor, seconds: float = 8.0) -> float:

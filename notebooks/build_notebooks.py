@@ -348,7 +348,7 @@ import pandas as pd
 from IPython.display import Image, display
 
 import wsi
-from wsi.pipeline.tile import TileOptions
+from wsi.tiling import TileOptions
 '''),
     md('''
 ## 1. A folder of slides, one of them broken

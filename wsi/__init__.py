@@ -33,8 +33,8 @@ from wsi.errors import (
 )
 from wsi.io.slide import Slide, open_slide
 from wsi.pipeline.ray_runner import RayOptions
-from wsi.tiling import TileGrid, tile
-from wsi.tissue import TissueMask, detect_tissue
+from wsi.tiling import TileGrid, TileOptions, tile
+from wsi.tissue import TissueMask, TissueOptions, detect_tissue
 
 _LAZY = {"embed": "wsi.pipeline.embed", "embed_archive": "wsi.pipeline.embed"}
 
@@ -65,7 +65,9 @@ __all__ = [
     "SlideReadError",
     "SlideTooSmallError",
     "TileGrid",
+    "TileOptions",
     "TissueMask",
+    "TissueOptions",
     "WsiError",
     "detect_tissue",
     "embed",

@@ -7,27 +7,60 @@ Exit codes: 0 when every slide succeeded (``ok`` or ``no_tissue``), 1 when some 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wsi.tiling import TileOptions
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def _add_option_flags(
+    group: argparse._ArgumentGroup, options: type, prefix: str = ""
+) -> None:
+    """One flag per field of an options dataclass, its default and help written once there
+    (``metadata``: ``help``, optional ``flag`` and ``type``); booleans get ``--no-`` forms."""
+    for f in dataclasses.fields(options):
+        if "help" not in f.metadata:
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        default = f.default
+        kwargs: dict = {"dest": prefix + f.name, "default": default, "help": f.metadata["help"]}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = f.metadata.get("type", type(default))
+            kwargs["metavar"] = "N" if kwargs["type"] is int else "X"
+        group.add_argument(flag, **kwargs)
+
+
+def _options_from_args(options: type, args: argparse.Namespace, prefix: str = "") -> dict:
+    return {
+        f.name: getattr(args, prefix + f.name)
+        for f in dataclasses.fields(options) if "help" in f.metadata
+    }
+
+
 def _add_tiling_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("tiling")
-    g.add_argument("--mpp", type=float, default=0.5, help="tile scale in µm/px (default 0.5 ≈ 20x)")
-    g.add_argument("--size", type=int, default=224, help="tile side in pixels (default 224)")
-    g.add_argument("--overlap", type=int, default=0, help="pixels shared by neighbours (default 0)")
-    g.add_argument(
-        "--min-tissue", type=float, default=0.5,
-        help="drop tiles with a smaller tissue fraction (default 0.5)",
-    )
-    g.add_argument(
-        "--slide-mpp", type=float, default=None,
-        help="level-0 µm/px of every slide, overriding missing or wrong metadata",
-    )
+    from wsi.tiling import TileOptions
+    from wsi.tissue import TissueOptions
+
+    _add_option_flags(p.add_argument_group("tiling"), TileOptions)
+    _add_option_flags(p.add_argument_group("tissue detection"), TissueOptions, prefix="tissue_")
+
+
+def _tiling_options(args: argparse.Namespace) -> TileOptions:
+    """The :class:`TileOptions` the tiling and tissue flags describe."""
+    from wsi.tiling import TileOptions
+    from wsi.tissue import TissueOptions
+
+    tissue = TissueOptions(**_options_from_args(TissueOptions, args, prefix="tissue_"))
+    return TileOptions(**_options_from_args(TileOptions, args), tissue=tissue)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,9 +160,9 @@ def _finish(rows: list[dict], out: Path) -> int:
 def cmd_tile(args: argparse.Namespace) -> int:
     """``wsi tile``: coords files, QC pictures and the manifest for each slide."""
     from wsi.pipeline.batch import find_slides
-    from wsi.pipeline.tile import TileOptions, tile_archive
+    from wsi.pipeline.tile import tile_archive
 
-    options = TileOptions(args.mpp, args.size, args.overlap, args.min_tissue, args.slide_mpp)
+    options = _tiling_options(args)
     options.check()
     rows = tile_archive(
         find_slides(args.slides), args.out, options, progress=not args.quiet, debug=args.debug
@@ -141,9 +174,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     """``wsi embed``: tile and encode each slide into features/{encoder}/{slide_id}.h5."""
     from wsi.pipeline.embed import embed_archive
     from wsi.pipeline.ray_runner import RayOptions
-    from wsi.pipeline.tile import TileOptions
 
-    options = TileOptions(args.mpp, args.size, args.overlap, args.min_tissue, args.slide_mpp)
+    options = _tiling_options(args)
     ray = RayOptions(
         address=None if args.ray == "local" else args.ray, retries=args.retries,
         cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task,

@@ -17,7 +17,33 @@ import numpy as np
 
 from wsi.errors import InvalidParameterError, SlideTooSmallError
 from wsi.io.slide import Slide
-from wsi.tissue import TissueMask, detect_tissue
+from wsi.tissue import TissueMask, TissueOptions, detect_tissue
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How slides are tiled in batch runs (``embed_archive``, ``wsi tile``, ``wsi embed``):
+    the tile scale and size, which tiles are kept, and the tissue detection behind them."""
+
+    mpp: float = field(default=0.5, metadata={
+        "help": "tile scale in µm/px (default %(default)s ≈ 20x)"})
+    size: int = field(default=224, metadata={"help": "tile side in pixels (default %(default)s)"})
+    overlap: int = field(default=0, metadata={
+        "help": "pixels shared by neighbouring tiles (default %(default)s)"})
+    min_tissue: float = field(default=0.5, metadata={
+        "help": "drop tiles with a smaller tissue fraction (default %(default)s)"})
+    slide_mpp: float | None = field(default=None, metadata={
+        "type": float, "help": "level-0 µm/px of every slide, overriding missing or wrong metadata"})
+    tissue: TissueOptions = field(default_factory=TissueOptions)
+
+    def check(self) -> None:
+        """Raise :class:`InvalidParameterError` for values out of range."""
+        check_tiling_params(self.mpp, self.size, self.overlap, self.min_tissue)
+        self.tissue.check()
+        if self.slide_mpp is not None:
+            from wsi.io.mpp import check_mpp
+
+            check_mpp(self.slide_mpp, what="--slide-mpp", name="options", fix="e.g. 0.25")
 
 
 @dataclass
@@ -75,6 +101,22 @@ class TileGrid:
     def achieved_mpp(self) -> float:
         """µm per output pixel actually produced (equals ``mpp``: the box is exact)."""
         return self.size_level0 * self.slide.mpp / self.size
+
+    def __repr__(self) -> str:
+        return (f"TileGrid({len(self)} tiles of {self.size} px at {self.mpp:g} µm/px "
+                f"({self.tile_size_um:g} µm), level {self.level}, slide {self.slide.name!r})")
+
+    def _repr_png_(self) -> bytes:
+        """A ~768-px thumbnail with the tissue outline and the tile grid (notebooks)."""
+        from wsi.viz.qc import png_bytes, qc_image
+
+        downsample = max(max(self.slide.dimensions) / 768, 1.0)
+        return png_bytes(qc_image(
+            self.slide.read_thumbnail(downsample), downsample,
+            tissue_mask=None if self.mask is None else self.mask.array,
+            mask_downsample=None if self.mask is None else self.mask.downsample,
+            coords=self.coords, tile_size_level0=self.size_level0,
+        ))
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
@@ -150,10 +192,10 @@ def grid_positions(length: float, extent: float, stride: float) -> np.ndarray:
 
 def tile(
     slide: Slide,
-    mpp: float = 0.5,
-    size: int = 224,
-    overlap: int = 0,
-    min_tissue: float = 0.5,
+    mpp: float = TileOptions.mpp,
+    size: int = TileOptions.size,
+    overlap: int = TileOptions.overlap,
+    min_tissue: float = TileOptions.min_tissue,
     mask: TissueMask | None = None,
 ) -> TileGrid:
     """A grid of ``size``-px tiles at ``mpp`` µm/px over the slide's tissue.

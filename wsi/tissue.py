@@ -15,7 +15,7 @@ covers level-0 ``[col * downsample, (col + 1) * downsample)`` in x, likewise in 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -55,12 +55,67 @@ BLUE_PEN_MIN_SATURATION = 0.35
 """Blue-cyan pixels (hue 180°-240°) more saturated than this are blue ink; IHC
 counterstain of that hue stays below ~0.3 at thumbnail scale."""
 
+DEFAULT_CLOSE_RADIUS_UM = 16.0
+"""Gaps in tissue narrower than about twice this (µm) are closed."""
+
+DEFAULT_OPEN_RADIUS_UM = 8.0
+"""Specks and strands thinner than about twice this (µm) are opened away."""
+
+DEFAULT_MAX_MASK_SIDE = 4096
+"""Longest side (mask pixels) of a tissue mask."""
+
 _SMOOTH_RADIUS_UM = 8.0
 _PEN_MIN_RADIUS_UM = 24.0
 _PEN_MARGIN_UM = 16.0
 _GLASS_PERCENTILE = 99.0
 _GLASS_MIN_VALUE = 0.6
 _GLASS_MAX_SATURATION = 0.08
+
+
+@dataclass(frozen=True)
+class TissueOptions:
+    """How tissue is found on a slide's thumbnail (:func:`detect_tissue`); part of
+    :class:`wsi.TileOptions`, so batch runs (``embed_archive``, ``wsi tile``/``wsi embed``
+    flags) take the same options. Distances in µm, areas in µm²."""
+
+    remove_pen: bool = field(default=True, metadata={
+        "help": "remove green, blue and black pen ink (--no-remove-pen for stains that are "
+                "green or blue by design, e.g. trichrome, or slides with very dark folds)"})
+    threshold: float | None = field(default=None, metadata={
+        "flag": "--tissue-threshold", "type": float,
+        "help": "HSV saturation threshold in [0, 1] (default: Otsu, clamped to 0.05-0.15)"})
+    mask_mpp: float = field(default=DEFAULT_MASK_MPP, metadata={
+        "help": "µm per tissue-mask pixel (default %(default)s)"})
+    max_side: int = field(default=DEFAULT_MAX_MASK_SIDE, metadata={
+        "flag": "--max-mask-side", "help": "longest side of the tissue mask in pixels "
+                                           "(default %(default)s)"})
+    min_tissue_area_um2: float = field(default=DEFAULT_MIN_TISSUE_AREA_UM2, metadata={
+        "help": "drop tissue fragments smaller than this (µm², default %(default)s)"})
+    min_hole_area_um2: float = field(default=DEFAULT_MIN_HOLE_AREA_UM2, metadata={
+        "help": "fill holes in tissue smaller than this (µm², default %(default)s)"})
+    close_radius_um: float = field(default=DEFAULT_CLOSE_RADIUS_UM, metadata={
+        "help": "closing radius in µm (default %(default)s)"})
+    open_radius_um: float = field(default=DEFAULT_OPEN_RADIUS_UM, metadata={
+        "help": "opening radius in µm (default %(default)s)"})
+
+    def check(self) -> None:
+        """Raise :class:`InvalidParameterError` for values out of range."""
+        mask_downsample((1, 1), None, mask_mpp=self.mask_mpp, max_side=self.max_side)
+        if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
+            raise InvalidParameterError(f"threshold must be in [0, 1], got {self.threshold}")
+        for name in ("min_tissue_area_um2", "min_hole_area_um2", "close_radius_um",
+                     "open_radius_um"):
+            _non_negative(getattr(self, name), name)
+
+    def with_changes(self, **changes: Any) -> TissueOptions:
+        """A copy with some fields changed; unknown names are an error that lists the fields."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise InvalidParameterError(
+                f"unknown tissue option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return replace(self, **changes)
 
 
 class ThumbnailSource(Protocol):
@@ -114,6 +169,23 @@ class TissueMask:
                 f"level0_size must be positive (width, height), got {self.level0_size}"
             )
         self.level0_size = (width, height)
+
+    def __repr__(self) -> str:
+        h, w = self.array.shape
+        scale = f"{self.mpp:.3g} µm/px, " if self.mpp is not None else ""
+        return (f"TissueMask({w}x{h} px, {scale}downsample {self.downsample:.4g}, "
+                f"tissue {self.tissue_fraction:.1%})")
+
+    def _repr_png_(self) -> bytes:
+        """The thumbnail with the tissue outline, as notebooks show it."""
+        from wsi.viz.qc import png_bytes, qc_image
+
+        base = self.thumbnail if self.thumbnail is not None else np.where(
+            self.array[..., None], np.uint8(200), np.uint8(255)).repeat(3, axis=2)
+        return png_bytes(qc_image(
+            base, self.downsample, tissue_mask=self.array, mask_downsample=None,
+            coords=np.zeros((0, 2), np.int64), tile_size_level0=1.0,
+        ))
 
     @property
     def tissue_fraction(self) -> float:
@@ -265,8 +337,8 @@ def tissue_mask_from_rgb(
     remove_pen: bool = True,
     min_tissue_area_um2: float = DEFAULT_MIN_TISSUE_AREA_UM2,
     min_hole_area_um2: float = DEFAULT_MIN_HOLE_AREA_UM2,
-    close_radius_um: float = 16.0,
-    open_radius_um: float = 8.0,
+    close_radius_um: float = DEFAULT_CLOSE_RADIUS_UM,
+    open_radius_um: float = DEFAULT_OPEN_RADIUS_UM,
 ) -> np.ndarray:
     """Tissue mask of an RGB image (a slide thumbnail), ``(h, w)`` bool, True = tissue.
 
@@ -461,7 +533,7 @@ def mask_downsample(
     mpp: float | None,
     *,
     mask_mpp: float = DEFAULT_MASK_MPP,
-    max_side: int = 4096,
+    max_side: int = DEFAULT_MAX_MASK_SIDE,
 ) -> float:
     """Level-0 pixels per mask pixel for a slide of ``level0_size`` (width, height).
 
@@ -481,26 +553,23 @@ def mask_downsample(
 
 
 def detect_tissue(
-    slide: ThumbnailSource,
-    *,
-    mask_mpp: float = DEFAULT_MASK_MPP,
-    max_side: int = 4096,
-    min_tissue_area_um2: float = DEFAULT_MIN_TISSUE_AREA_UM2,
-    min_hole_area_um2: float = DEFAULT_MIN_HOLE_AREA_UM2,
-    remove_pen: bool = True,
-    threshold: float | None = None,
-    close_radius_um: float = 16.0,
-    open_radius_um: float = 8.0,
+    slide: ThumbnailSource, options: TissueOptions | None = None, **changes: Any
 ) -> TissueMask:
     """Tissue mask of a slide, computed on a thumbnail at ~``mask_mpp`` µm per mask pixel.
 
-    The downsample is given by :func:`mask_downsample`. When the slide's mpp is unknown
-    the mask's long side is ~2048 px and µm sizes are converted as if a mask pixel were
-    ``mask_mpp`` µm. Other parameters are those of :func:`tissue_mask_from_rgb`.
-    A slide without tissue gives an all-False mask (``tissue_fraction == 0``).
+    ``options`` (default :class:`TissueOptions`) with ``changes`` to its fields applied, e.g.
+    ``detect_tissue(slide, remove_pen=False)``. The downsample is given by
+    :func:`mask_downsample`. When the slide's mpp is unknown the mask's long side is ~2048 px
+    and µm sizes are converted as if a mask pixel were ``mask_mpp`` µm. The other options
+    are those of :func:`tissue_mask_from_rgb`. A slide without tissue gives an all-False
+    mask (``tissue_fraction == 0``).
     """
+    opts = (options or TissueOptions()).with_changes(**changes)
+    opts.check()
     slide_mpp = slide.mpp_or_none
-    downsample = mask_downsample(slide.dimensions, slide_mpp, mask_mpp=mask_mpp, max_side=max_side)
+    downsample = mask_downsample(
+        slide.dimensions, slide_mpp, mask_mpp=opts.mask_mpp, max_side=opts.max_side
+    )
     thumbnail = np.asarray(slide.read_thumbnail(downsample))
     if thumbnail.ndim != 3 or thumbnail.shape[2] != 3 or thumbnail.dtype != np.uint8:
         raise SlideReadError(
@@ -511,13 +580,13 @@ def detect_tissue(
     mask_mpp_actual = None if slide_mpp is None else slide_mpp * downsample
     array = tissue_mask_from_rgb(
         thumbnail,
-        mpp=mask_mpp if mask_mpp_actual is None else mask_mpp_actual,
-        threshold=threshold,
-        remove_pen=remove_pen,
-        min_tissue_area_um2=min_tissue_area_um2,
-        min_hole_area_um2=min_hole_area_um2,
-        close_radius_um=close_radius_um,
-        open_radius_um=open_radius_um,
+        mpp=opts.mask_mpp if mask_mpp_actual is None else mask_mpp_actual,
+        threshold=opts.threshold,
+        remove_pen=opts.remove_pen,
+        min_tissue_area_um2=opts.min_tissue_area_um2,
+        min_hole_area_um2=opts.min_hole_area_um2,
+        close_radius_um=opts.close_radius_um,
+        open_radius_um=opts.open_radius_um,
     )
     return TissueMask(
         array=array,
@@ -525,15 +594,5 @@ def detect_tissue(
         mpp=mask_mpp_actual,
         level0_size=tuple(slide.dimensions),
         thumbnail=thumbnail,
-        params={
-            "method": "saturation-otsu",
-            "mask_mpp": mask_mpp,
-            "downsample": downsample,
-            "min_tissue_area_um2": min_tissue_area_um2,
-            "min_hole_area_um2": min_hole_area_um2,
-            "remove_pen": remove_pen,
-            "threshold": threshold,
-            "close_radius_um": close_radius_um,
-            "open_radius_um": open_radius_um,
-        },
+        params={"method": "saturation-otsu", "downsample": downsample, **asdict(opts)},
     )

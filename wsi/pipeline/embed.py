@@ -26,7 +26,7 @@ from wsi.io.slide import Slide, quickhash, slide_id_of
 from wsi.pipeline.batch import duplicate_id_row, failure_message, find_slides
 from wsi.pipeline.loader import BatchSpec, PatchBatch, default_workers, patch_loader
 from wsi.pipeline.ray_runner import RayOptions, import_ray, run_on_ray
-from wsi.pipeline.tile import TileOptions, provenance, tile_slide, write_qc
+from wsi.pipeline.tile import provenance, tile_slide, write_qc
 from wsi.store.folder import (
     FileLock,
     lock_holder,
@@ -41,7 +41,7 @@ from wsi.store.h5 import (
     write_coords,
 )
 from wsi.store.manifest import Manifest, manifest_row
-from wsi.tiling import TileGrid
+from wsi.tiling import TileGrid, TileOptions
 
 DEFAULT_ENCODER = "efficientnet_lite0"
 _LOOKAHEAD_SLIDES = 2

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,32 +18,13 @@ from wsi.pipeline.batch import run_batch
 from wsi.store.folder import temporary_path
 from wsi.store.h5 import write_coords
 from wsi.store.manifest import Manifest, manifest_row
-from wsi.tiling import TileGrid, check_tiling_params, tile
+from wsi.tiling import TileGrid, TileOptions, tile
 from wsi.tissue import TissueMask, detect_tissue
 from wsi.viz.heatmap import save_png
 from wsi.viz.qc import qc_image
 
 QC_LONG_SIDE_PX = 1536
 """Long side of the QC picture's thumbnail, when the mask's own thumbnail is smaller."""
-
-
-@dataclass(frozen=True)
-class TileOptions:
-    """How slides are tiled. ``slide_mpp`` overrides every slide's metadata mpp."""
-
-    mpp: float = 0.5
-    size: int = 224
-    overlap: int = 0
-    min_tissue: float = 0.5
-    slide_mpp: float | None = None
-
-    def check(self) -> None:
-        """Raise :class:`InvalidParameterError` for values out of range."""
-        check_tiling_params(self.mpp, self.size, self.overlap, self.min_tissue)
-        if self.slide_mpp is not None:
-            from wsi.io.mpp import check_mpp
-
-            check_mpp(self.slide_mpp, what="--slide-mpp", name="options", fix="e.g. 0.25")
 
 
 def library_version() -> str:
@@ -79,7 +59,7 @@ def tile_slide(path: Path, options: TileOptions) -> tuple[Slide, TissueMask, Til
     """Open, detect tissue and tile one slide."""
     slide = open_slide(path, mpp=options.slide_mpp)
     slide.mpp  # noqa: B018 - fail early with the clear "no mpp" message
-    mask = detect_tissue(slide)
+    mask = detect_tissue(slide, options.tissue)
     grid = tile(slide, options.mpp, options.size, options.overlap, options.min_tissue, mask)
     return slide, mask, grid
 

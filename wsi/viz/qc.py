@@ -262,3 +262,14 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     for neighbour in (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]):
         outline |= neighbour != mask
     return outline
+
+
+def png_bytes(image: Image.Image, max_side_px: int = 768) -> bytes:
+    """``image`` as PNG bytes, shrunk to ``max_side_px`` at most (notebook ``_repr_png_``)."""
+    import io
+
+    picture = image.copy()
+    picture.thumbnail((max_side_px, max_side_px))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
