@@ -348,7 +348,7 @@ import pandas as pd
 from IPython.display import Image, display
 
 import wsi
-from wsi.tiling import TileOptions
+from wsi.options import TileOptions
 '''),
     md('''
 ## 1. A folder of slides, one of them broken

@@ -123,3 +123,16 @@ def test_tile_defaults_are_the_options_defaults():
     options = wsi.TileOptions()
     for name in ("mpp", "size", "overlap", "min_tissue"):
         assert signature[name].default == getattr(options, name)
+
+
+def test_import_and_cli_help_load_no_heavy_module():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, wsi, wsi.cli; wsi.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'scipy', 'pandas', 'skimage', 'openslide', 'h5py', "
+        "'timm', 'ray', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

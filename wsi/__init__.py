@@ -11,12 +11,11 @@ attention-MIL heads. The notebook API::
     wsi.embed_archive(["slides/"], "out/")     # batch: files, folders or globs
     wsi.embed_archive(["slides/"], "out/", backend="ray")   # one Ray task per slide
 
-``embed`` and ``embed_archive`` import torch on first use, so ``import wsi`` stays light.
+Names load their modules on first use (torch only with ``embed``), so ``import wsi`` is quick.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wsi.cohort import BagSequence, Cohort, load_cohort, read_labels
 from wsi.errors import (
     FeatureFileError,
     InvalidMppError,
@@ -31,20 +30,49 @@ from wsi.errors import (
     SlideTooSmallError,
     WsiError,
 )
-from wsi.io.slide import Slide, open_slide
-from wsi.pipeline.ray_runner import RayOptions
-from wsi.tiling import TileGrid, TileOptions, tile
-from wsi.tissue import TissueMask, TissueOptions, detect_tissue
 
-_LAZY = {"embed": "wsi.pipeline.embed", "embed_archive": "wsi.pipeline.embed"}
+# Everything else loads on first use, so that `import wsi` (and `wsi --help`) stay fast.
+_LAZY = {
+    "BagSequence": "wsi.cohort",
+    "Cohort": "wsi.cohort",
+    "load_cohort": "wsi.cohort",
+    "read_labels": "wsi.cohort",
+    "Slide": "wsi.io.slide",
+    "open_slide": "wsi.io.slide",
+    "RayOptions": "wsi.pipeline.ray_runner",
+    "embed": "wsi.pipeline.embed",
+    "embed_archive": "wsi.pipeline.embed",
+    "TileGrid": "wsi.tiling",
+    "TileOptions": "wsi.options",
+    "tile": "wsi.tiling",
+    "TissueMask": "wsi.tissue",
+    "TissueOptions": "wsi.options",
+    "detect_tissue": "wsi.tissue",
+}
+
+if TYPE_CHECKING:
+    from wsi.cohort import BagSequence, Cohort, load_cohort, read_labels
+    from wsi.io.slide import Slide, open_slide
+    from wsi.options import TileOptions, TissueOptions
+    from wsi.pipeline.embed import embed, embed_archive
+    from wsi.pipeline.ray_runner import RayOptions
+    from wsi.tiling import TileGrid, tile
+    from wsi.tissue import TissueMask, detect_tissue
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
     raise AttributeError(f"module 'wsi' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __version__ = "0.1.0"
 

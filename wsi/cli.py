@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from wsi.tiling import TileOptions
+    from wsi.options import TileOptions
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -47,8 +47,7 @@ def _options_from_args(options: type, args: argparse.Namespace, prefix: str = ""
 
 
 def _add_tiling_args(p: argparse.ArgumentParser) -> None:
-    from wsi.tiling import TileOptions
-    from wsi.tissue import TissueOptions
+    from wsi.options import TileOptions, TissueOptions
 
     _add_option_flags(p.add_argument_group("tiling"), TileOptions)
     _add_option_flags(p.add_argument_group("tissue detection"), TissueOptions, prefix="tissue_")
@@ -56,8 +55,7 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
 
 def _tiling_options(args: argparse.Namespace) -> TileOptions:
     """The :class:`TileOptions` the tiling and tissue flags describe."""
-    from wsi.tiling import TileOptions
-    from wsi.tissue import TissueOptions
+    from wsi.options import TileOptions, TissueOptions
 
     tissue = TissueOptions(**_options_from_args(TissueOptions, args, prefix="tissue_"))
     return TileOptions(**_options_from_args(TileOptions, args), tissue=tissue)

@@ -15,35 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from wsi.errors import InvalidParameterError, SlideTooSmallError
+from wsi.errors import SlideTooSmallError
 from wsi.io.slide import Slide
-from wsi.tissue import TissueMask, TissueOptions, detect_tissue
-
-
-@dataclass(frozen=True)
-class TileOptions:
-    """How slides are tiled in batch runs (``embed_archive``, ``wsi tile``, ``wsi embed``):
-    the tile scale and size, which tiles are kept, and the tissue detection behind them."""
-
-    mpp: float = field(default=0.5, metadata={
-        "help": "tile scale in µm/px (default %(default)s ≈ 20x)"})
-    size: int = field(default=224, metadata={"help": "tile side in pixels (default %(default)s)"})
-    overlap: int = field(default=0, metadata={
-        "help": "pixels shared by neighbouring tiles (default %(default)s)"})
-    min_tissue: float = field(default=0.5, metadata={
-        "help": "drop tiles with a smaller tissue fraction (default %(default)s)"})
-    slide_mpp: float | None = field(default=None, metadata={
-        "type": float, "help": "level-0 µm/px of every slide, overriding missing or wrong metadata"})
-    tissue: TissueOptions = field(default_factory=TissueOptions)
-
-    def check(self) -> None:
-        """Raise :class:`InvalidParameterError` for values out of range."""
-        check_tiling_params(self.mpp, self.size, self.overlap, self.min_tissue)
-        self.tissue.check()
-        if self.slide_mpp is not None:
-            from wsi.io.mpp import check_mpp
-
-            check_mpp(self.slide_mpp, what="--slide-mpp", name="options", fix="e.g. 0.25")
+from wsi.options import TileOptions, check_tiling_params
+from wsi.tissue import TissueMask, detect_tissue
 
 
 @dataclass
@@ -163,22 +138,6 @@ class TileGrid:
             "mpp_level0": self.slide.mpp,
             "mpp_source": self.slide.mpp_source,
         }
-
-
-def check_tiling_params(mpp: float, size: int, overlap: int, min_tissue: float) -> None:
-    """Raise :class:`InvalidParameterError` for out-of-range tiling parameters."""
-    if not (isinstance(mpp, int | float) and math.isfinite(mpp) and 0 < mpp <= 100):
-        raise InvalidParameterError(
-            f"tile mpp must be a µm/px value in (0, 100], got {mpp!r} (0.5 ≈ 20x, 0.25 ≈ 40x)"
-        )
-    if not (isinstance(size, int | np.integer) and size >= 1):
-        raise InvalidParameterError(f"tile size must be a positive number of pixels, got {size!r}")
-    if not (isinstance(overlap, int | np.integer) and 0 <= overlap < size):
-        raise InvalidParameterError(
-            f"overlap must be in [0, size) = [0, {size}) pixels, got {overlap!r}"
-        )
-    if not (0.0 <= min_tissue <= 1.0):
-        raise InvalidParameterError(f"min_tissue must be a fraction in [0, 1], got {min_tissue!r}")
 
 
 def grid_positions(length: float, extent: float, stride: float) -> np.ndarray:

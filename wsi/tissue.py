@@ -15,7 +15,7 @@ covers level-0 ``[col * downsample, (col + 1) * downsample)`` in x, likewise in 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -25,20 +25,21 @@ from skimage.filters import threshold_otsu
 from skimage.measure import approximate_polygon, find_contours
 
 from wsi.errors import InvalidParameterError, SlideReadError
+from wsi.options import (
+    DEFAULT_CLOSE_RADIUS_UM,
+    DEFAULT_MASK_MPP,
+    DEFAULT_MAX_MASK_SIDE,
+    DEFAULT_MIN_HOLE_AREA_UM2,
+    DEFAULT_MIN_TISSUE_AREA_UM2,
+    DEFAULT_OPEN_RADIUS_UM,
+    TissueOptions,
+)
+from wsi.options import non_negative as _non_negative
+from wsi.options import positive_finite as _positive_finite
 from wsi.viz.geojson import feature_collection, polygon_feature
-
-DEFAULT_MASK_MPP = 8.0
-"""µm per mask pixel aimed at when the slide's mpp is known; also the scale assumed for
-converting µm sizes to mask pixels when it is not."""
 
 NO_MPP_LONG_SIDE = 2048
 """Long side (mask pixels) of the mask of a slide whose mpp is unknown."""
-
-DEFAULT_MIN_TISSUE_AREA_UM2 = 20_000.0
-"""Tissue fragments smaller than this (µm², ~0.02 mm², ~141 µm square) are dropped."""
-
-DEFAULT_MIN_HOLE_AREA_UM2 = 20_000.0
-"""Holes inside tissue smaller than this (µm²) are filled; larger ones stay out of the mask."""
 
 MIN_SATURATION_THRESHOLD = 0.05
 """Floor on the Otsu saturation threshold: white-balanced glass stays below it."""
@@ -55,67 +56,12 @@ BLUE_PEN_MIN_SATURATION = 0.35
 """Blue-cyan pixels (hue 180°-240°) more saturated than this are blue ink; IHC
 counterstain of that hue stays below ~0.3 at thumbnail scale."""
 
-DEFAULT_CLOSE_RADIUS_UM = 16.0
-"""Gaps in tissue narrower than about twice this (µm) are closed."""
-
-DEFAULT_OPEN_RADIUS_UM = 8.0
-"""Specks and strands thinner than about twice this (µm) are opened away."""
-
-DEFAULT_MAX_MASK_SIDE = 4096
-"""Longest side (mask pixels) of a tissue mask."""
-
 _SMOOTH_RADIUS_UM = 8.0
 _PEN_MIN_RADIUS_UM = 24.0
 _PEN_MARGIN_UM = 16.0
 _GLASS_PERCENTILE = 99.0
 _GLASS_MIN_VALUE = 0.6
 _GLASS_MAX_SATURATION = 0.08
-
-
-@dataclass(frozen=True)
-class TissueOptions:
-    """How tissue is found on a slide's thumbnail (:func:`detect_tissue`); part of
-    :class:`wsi.TileOptions`, so batch runs (``embed_archive``, ``wsi tile``/``wsi embed``
-    flags) take the same options. Distances in µm, areas in µm²."""
-
-    remove_pen: bool = field(default=True, metadata={
-        "help": "remove green, blue and black pen ink (--no-remove-pen for stains that are "
-                "green or blue by design, e.g. trichrome, or slides with very dark folds)"})
-    threshold: float | None = field(default=None, metadata={
-        "flag": "--tissue-threshold", "type": float,
-        "help": "HSV saturation threshold in [0, 1] (default: Otsu, clamped to 0.05-0.15)"})
-    mask_mpp: float = field(default=DEFAULT_MASK_MPP, metadata={
-        "help": "µm per tissue-mask pixel (default %(default)s)"})
-    max_side: int = field(default=DEFAULT_MAX_MASK_SIDE, metadata={
-        "flag": "--max-mask-side", "help": "longest side of the tissue mask in pixels "
-                                           "(default %(default)s)"})
-    min_tissue_area_um2: float = field(default=DEFAULT_MIN_TISSUE_AREA_UM2, metadata={
-        "help": "drop tissue fragments smaller than this (µm², default %(default)s)"})
-    min_hole_area_um2: float = field(default=DEFAULT_MIN_HOLE_AREA_UM2, metadata={
-        "help": "fill holes in tissue smaller than this (µm², default %(default)s)"})
-    close_radius_um: float = field(default=DEFAULT_CLOSE_RADIUS_UM, metadata={
-        "help": "closing radius in µm (default %(default)s)"})
-    open_radius_um: float = field(default=DEFAULT_OPEN_RADIUS_UM, metadata={
-        "help": "opening radius in µm (default %(default)s)"})
-
-    def check(self) -> None:
-        """Raise :class:`InvalidParameterError` for values out of range."""
-        mask_downsample((1, 1), None, mask_mpp=self.mask_mpp, max_side=self.max_side)
-        if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
-            raise InvalidParameterError(f"threshold must be in [0, 1], got {self.threshold}")
-        for name in ("min_tissue_area_um2", "min_hole_area_um2", "close_radius_um",
-                     "open_radius_um"):
-            _non_negative(getattr(self, name), name)
-
-    def with_changes(self, **changes: Any) -> TissueOptions:
-        """A copy with some fields changed; unknown names are an error that lists the fields."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise InvalidParameterError(
-                f"unknown tissue option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return replace(self, **changes)
 
 
 class ThumbnailSource(Protocol):
@@ -313,20 +259,6 @@ def _signed_area(ring: np.ndarray) -> float:
     """Shoelace area of a closed ``(x, y)`` ring: > 0 counter-clockwise (y up)."""
     x, y = ring[:, 0], ring[:, 1]
     return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
-
-
-def _positive_finite(value: float, name: str) -> float:
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise InvalidParameterError(f"{name} must be a positive finite number, got {value!r}")
-    return number
-
-
-def _non_negative(value: float, name: str) -> float:
-    number = float(value)
-    if not math.isfinite(number) or number < 0:
-        raise InvalidParameterError(f"{name} must be >= 0, got {value!r}")
-    return number
 
 
 def tissue_mask_from_rgb(
