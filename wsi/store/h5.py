@@ -27,8 +27,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from models.atomic import AtomicTarget, atomic_path
 from wsi.errors import FeatureFileError
-from wsi.store.folder import temporary_path
 
 FEATURE_CHUNK_ROWS = 256
 
@@ -80,16 +80,9 @@ def write_coords(
     tissue_fraction: np.ndarray | None = None,
 ) -> Path:
     """Write a coords file atomically and return its path."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(final)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write_coords(f, coords, coords_attrs, provenance, tissue_fraction)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        _write_coords(f, coords, coords_attrs, provenance, tissue_fraction)
+    return Path(path)
 
 
 class FeatureWriter:
@@ -109,12 +102,11 @@ class FeatureWriter:
         feature_attrs: Mapping[str, Any],
         tissue_fraction: np.ndarray | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temporary_path(self.path)
+        self._target = AtomicTarget(path)
+        self.path = self._target.path
         self._n = int(np.asarray(coords).shape[0])
         self._written = 0
-        self._file = h5py.File(self._tmp, "w")
+        self._file = h5py.File(self._target.tmp, "w")
         _write_coords(self._file, coords, coords_attrs, provenance, tissue_fraction)
         self._features = self._file.create_dataset(
             "features",
@@ -146,8 +138,7 @@ class FeatureWriter:
         if drop is not None and np.any(drop):
             self._compact(np.flatnonzero(~np.asarray(drop, bool)))
         self._file.close()
-        os.replace(self._tmp, self.path)
-        return self.path
+        return self._target.commit()
 
     def _compact(self, keep: np.ndarray) -> None:
         names = [n for n in ("coords", "features", "tissue_fraction") if n in self._file]
@@ -166,7 +157,7 @@ class FeatureWriter:
         """Drop the temporary file."""
         if self._file.id.valid:
             self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        self._target.discard()
 
     def __enter__(self) -> FeatureWriter:
         return self
