@@ -344,14 +344,6 @@ class BagSequence(Sequence[np.ndarray]):
             return self._arrays[index][rows]
         return file.load(rows) if rows.size else np.zeros((0, file.feature_dim), np.float32)
 
-    def to_memory(self) -> BagSequence:
-        """The same bags read into RAM (reads every file once; needs :attr:`nbytes`)."""
-        if self._arrays is not None:
-            return self
-        quiet = self.nbytes < PROGRESS_MIN_BYTES
-        files = tqdm(self.files, desc="caching bags", unit="bag", leave=False, disable=quiet)
-        return BagSequence(self.files, [f.load() for f in files])
-
 
 # --------------------------------------------------------------------------- cohort
 
