@@ -166,3 +166,15 @@ def test_rgba_is_composited_on_white_as_pil_does() -> None:
     assert (np.asarray(rgba_image_to_rgb(Image.fromarray(rgba, "RGBA"))) == ours).all()
     assert (as_rgb(rgba) == ours).all()
     assert rgba_to_rgb(np.zeros((0, 5, 4), np.uint8)).shape == (0, 5, 3)
+
+
+def test_slide_and_reader_reprs_are_one_line_with_size_and_scale(tmp_path) -> None:
+    with wsi.open_slide(write_reference_slide(tmp_path / "ref.tiff", 0.5)) as slide:
+        w, h = slide.dimensions
+        text = repr(slide)
+        assert "\n" not in text and f"{w}x{h}" in text and "0.5 µm/px" in text
+        assert "3 levels" in text
+        assert repr(slide._reader) == f"<OpenSlideReader 'ref.tiff' {w}×{h} px, 3 levels>"
+    flat = write_flat_image(tmp_path / "flat.tif", np.zeros((40, 60, 3), np.uint8), mpp=0.5)
+    with wsi.open_slide(flat) as slide:
+        assert repr(slide._reader) == "<FlatImageReader 'flat.tif' 60×40 px, 1 level>"

@@ -77,6 +77,10 @@ class OpenSlideReader:
         self.properties = _readable_properties(self._slide.properties)
         self._path = path
 
+    def __repr__(self) -> str:
+        w, h = self.level_dimensions[0]
+        return f"<OpenSlideReader {self._path.name!r} {w}×{h} px, {len(self.level_dimensions)} levels>"
+
     def associated_image_names(self) -> list[str]:
         return list(self._slide.associated_images.keys())
 
@@ -210,6 +214,10 @@ class FlatImageReader:
                 "--tile --pyramid --compression jpeg`) and open that.",
                 self._path,
             )
+
+    def __repr__(self) -> str:
+        w, h = self.level_dimensions[0]
+        return f"<FlatImageReader {self._path.name!r} {w}×{h} px, 1 level>"
 
     def associated_image_names(self) -> list[str]:
         return []

@@ -45,6 +45,30 @@ class TileFile:
     features_attrs: dict[str, Any] | None = None
     tissue_fraction: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        attrs = self.coords_attrs
+        kind = "coords only"
+        if self.features is not None:
+            encoder = (self.features_attrs or {}).get("encoder") or "encoder unknown"
+            kind = f"features {_shape(self.features.shape)} ({encoder})"
+        size = attrs.get("patch_size")
+        tiles = f", {size} px tiles" if size else ""
+        mpp = attrs.get("target_mpp")
+        scale = f" at {float(np.ravel(mpp)[0]):.4g} µm/px" if tiles and _number(mpp) else ""
+        return f"<TileFile {self.path.name!r} {len(self.coords)} tiles, {kind}{tiles}{scale}>"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return " × ".join(str(int(n)) for n in shape)
+
+
+def _number(value: Any) -> bool:
+    """Whether an attribute holds one finite number (``target_mpp`` is "" when unset)."""
+    try:
+        return bool(np.isfinite(float(np.ravel(value)[0])))
+    except (TypeError, ValueError, IndexError):
+        return False
+
 
 def _clean_attr(value: Any) -> Any:
     if value is None:
@@ -105,6 +129,7 @@ class FeatureWriter:
         self._target = AtomicTarget(path)
         self.path = self._target.path
         self._n = int(np.asarray(coords).shape[0])
+        self._dim = int(feature_dim)
         self._written = 0
         self._file = h5py.File(self._target.tmp, "w")
         _write_coords(self._file, coords, coords_attrs, provenance, tissue_fraction)
@@ -118,6 +143,13 @@ class FeatureWriter:
         for key, value in feature_attrs.items():
             self._features.attrs[key] = _clean_attr(value)
         self._features.attrs["feature_dim"] = int(feature_dim)
+
+    def __repr__(self) -> str:
+        state = "open" if self._file.id.valid else "closed"
+        return (
+            f"<FeatureWriter {self.path.name!r} {self._written} of {self._n} rows × "
+            f"{self._dim} written, {state}>"
+        )
 
     def write(self, start: int, rows: np.ndarray) -> None:
         """Write ``rows`` (B, D) at row ``start``."""
@@ -307,6 +339,10 @@ class FeatureBag:
     def feature_dim(self) -> int:
         """D, the width of each feature row."""
         return self.shape[1]
+
+    def __repr__(self) -> str:
+        encoder = self.encoder or "encoder unknown"
+        return f"<FeatureBag {self.path.name!r} {len(self)} tiles × {self.feature_dim} ({encoder})>"
 
     def __len__(self) -> int:
         return self.shape[0]

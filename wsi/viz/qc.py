@@ -40,6 +40,13 @@ class FittedThumbnail:
     downsample_x: float
     downsample_y: float
 
+    def __repr__(self) -> str:
+        h, w = self.rgb.shape[:2]
+        return (
+            f"<FittedThumbnail {w}×{h} px, {self.downsample_x:.4g}×{self.downsample_y:.4g} "
+            "level-0 px per px>"
+        )
+
 
 def as_rgb(image: np.ndarray | Image.Image) -> np.ndarray:
     """An (H, W, 3) uint8 copy of a grey, RGB or RGBA uint8 image (RGBA composited on white)."""
