@@ -12,10 +12,18 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["remove_stale_temporaries", "temporary_path", "write_atomic", "write_text_atomic"]
+__all__ = [
+    "AtomicTarget",
+    "atomic_path",
+    "remove_stale_temporaries",
+    "temporary_path",
+    "write_atomic",
+    "write_text_atomic",
+]
 
 HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 """This machine's name as it appears in temporary file names."""
@@ -27,24 +35,60 @@ def temporary_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f".{path.name}.tmp-{HOST}-{os.getpid()}")
 
 
+class AtomicTarget:
+    """A file being written under its temporary name: fill :attr:`tmp`, then :meth:`commit`
+    (flush to disk, rename to :attr:`path`) or :meth:`discard`. For writers whose life is not
+    one ``with`` block (a features file filled batch by batch); otherwise use
+    :func:`atomic_path`. The parent folder is created."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = temporary_path(self.path)
+
+    def commit(self) -> Path:
+        """Flush the temporary to disk and rename it to :attr:`path` (removed if that fails)."""
+        try:
+            with open(self.tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        return self.path
+
+    def discard(self) -> None:
+        """Remove the temporary; :attr:`path` stays as it was."""
+        self.tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; rename it to ``path`` when the block
+    ends normally, remove it when the block raises (``path`` is then left as it was).
+
+        with atomic_path(out / "a.h5") as tmp:
+            with h5py.File(tmp, "w") as f:
+                ...
+    """
+    target = AtomicTarget(path)
+    try:
+        yield target.tmp
+    except BaseException:
+        target.discard()
+        raise
+    target.commit()
+
+
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` to fill a temporary sibling of ``path``, then rename it to ``path``.
 
     The parent folder is created. If ``write`` raises, the temporary is removed and ``path``
     is left as it was. Returns ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

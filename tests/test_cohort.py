@@ -140,6 +140,10 @@ def test_cohort_matches_reports_and_excludes(cohort_dir):
     assert "1 labelled slide has 0 tiles and is left out (s3)" in report
     assert "'subtype' known for 2 of 3" in report and "'til' known for 2 of 3" in report
     assert f"bags cached in RAM ({3 * 5 * 8 * 4 / 2**30:.2f} GiB)" in report
+    assert repr(cohort) == (  # one line: slides, tiles × dim, encoder, targets, left out
+        "<Cohort 3 slides, 15 tiles × 8 (enc), bags in RAM, targets subtype, til, 4 left out>"
+    )
+    assert repr(cohort.bags) == "<BagSequence 3 bags, 15 tiles × 8, 480 B in RAM>"
 
 
 def test_report_lists_first_names_then_count(tmp_path):
@@ -223,6 +227,8 @@ def test_cache_and_stream_return_identical_arrays(cohort_dir):
         streamed = load_cohort(feats, labels, cache=False)
     assert cached.bags.cached and not streamed.bags.cached
     assert "bags streamed from HDF5" in streamed.report()
+    assert repr(streamed.bags) == "<BagSequence 3 bags, 15 tiles × 8, 480 B streamed>"
+    assert "\n" not in repr(streamed) and "bags streamed" in repr(streamed)
     for i in range(len(cached)):
         a, b = cached.bags[i], streamed.bags[i]
         assert a.dtype == b.dtype == np.float32 and a.shape == b.shape

@@ -32,7 +32,13 @@ import pytest
 import torch
 from PIL import Image
 
-from models.atomic import HOST, remove_stale_temporaries, temporary_path, write_atomic
+from models.atomic import (
+    HOST,
+    atomic_path,
+    remove_stale_temporaries,
+    temporary_path,
+    write_atomic,
+)
 from models.training import TrainConfig, load_checkpoint, train
 from tests import tiny_encoders
 from tests.conftest import TISSUE_TILES, write_reference_slide
@@ -468,6 +474,18 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         write_atomic(path, half_then_crash)
     assert json.loads(path.read_text()) == {"old": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_an_atomic_path_block_that_raises_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "coords.h5"
+    with atomic_path(path) as tmp:  # the parent folder is made; the rename happens on exit
+        assert tmp.parent == path.parent and tmp.name.startswith(".coords.h5.tmp-")
+        tmp.write_bytes(b"old")
+    with pytest.raises(KeyError), atomic_path(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyError("killed")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in path.parent.iterdir()] == ["coords.h5"]
 
 
 def test_a_crash_inside_torch_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

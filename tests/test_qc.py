@@ -315,3 +315,8 @@ def test_real_slide_outline_follows_the_real_mask() -> None:
             edge |= shifted != resized
     assert green.sum() > 200
     assert not (green & ~edge).any()  # every green pixel is within 2 px of a mask edge
+
+
+def test_fitted_thumbnail_repr_is_one_line_with_size_and_scale() -> None:
+    fitted = fit_thumbnail(np.zeros((100, 300, 3), np.uint8), 4.0, max_width=150)
+    assert repr(fitted) == "<FittedThumbnail 150×50 px, 8×8 level-0 px per px>"

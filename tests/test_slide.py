@@ -3,6 +3,7 @@ import pickle
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import wsi
 from tests.conftest import shared_file, write_reference_slide
@@ -140,3 +141,40 @@ def test_real_flat_tiff_through_fallback():
     path = shared_file("small_real_wsis/kidney-48-5.tif")
     with wsi.open_slide(path) as s:
         assert s.backend == "flat-image" and s.dimensions == (1493, 901)
+
+
+# --------------------------------------------------------------------------- RGBA → RGB
+
+
+def test_rgba_is_composited_on_white_as_pil_does() -> None:
+    from wsi.io.readers import rgba_image_to_rgb, rgba_to_rgb
+    from wsi.viz.qc import as_rgb
+
+    rgba = np.random.default_rng(0).integers(0, 256, (64, 48, 4), dtype=np.uint8)
+    rgba[:8, :, 3] = 255  # opaque, fully transparent and partial pixels
+    rgba[8:16, :, 3] = 0
+    white = Image.new("RGBA", (48, 64), (255, 255, 255, 255))
+    pil = np.asarray(Image.alpha_composite(white, Image.fromarray(rgba, "RGBA")).convert("RGB"))
+    ours = rgba_to_rgb(rgba)
+    assert ours.dtype == np.uint8 and ours.shape == (64, 48, 3)
+    assert np.abs(ours.astype(int) - pil).max() <= 1
+    assert (ours[:8] == rgba[:8, :, :3]).all() and (ours[8:16] == 255).all()
+    # the exact values every path gives (reader arrays, reader images, QC pictures)
+    assert rgba_to_rgb(np.array([[[10, 20, 30, 128], [200, 100, 0, 1]]], np.uint8)).tolist() == [
+        [[132, 137, 142], [255, 254, 254]]
+    ]
+    assert (np.asarray(rgba_image_to_rgb(Image.fromarray(rgba, "RGBA"))) == ours).all()
+    assert (as_rgb(rgba) == ours).all()
+    assert rgba_to_rgb(np.zeros((0, 5, 4), np.uint8)).shape == (0, 5, 3)
+
+
+def test_slide_and_reader_reprs_are_one_line_with_size_and_scale(tmp_path) -> None:
+    with wsi.open_slide(write_reference_slide(tmp_path / "ref.tiff", 0.5)) as slide:
+        w, h = slide.dimensions
+        text = repr(slide)
+        assert "\n" not in text and f"{w}x{h}" in text and "0.5 µm/px" in text
+        assert "3 levels" in text
+        assert repr(slide._reader) == f"<OpenSlideReader 'ref.tiff' {w}×{h} px, 3 levels>"
+    flat = write_flat_image(tmp_path / "flat.tif", np.zeros((40, 60, 3), np.uint8), mpp=0.5)
+    with wsi.open_slide(flat) as slide:
+        assert repr(slide._reader) == "<FlatImageReader 'flat.tif' 60×40 px, 1 level>"

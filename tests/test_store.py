@@ -80,3 +80,20 @@ def test_truncated_and_wrong_files(tmp_path):
         f["features"] = np.zeros((4, 8))
     with pytest.raises(FeatureFileError, match="re-run"):
         read_tile_file(tmp_path / "m.h5")
+
+
+def test_reprs_are_one_line_with_name_size_and_scale(tmp_path):
+    attrs = {**ATTRS, "target_mpp": 0.5}
+    coords = np.zeros((3, 2), np.int64)
+    with FeatureWriter(tmp_path / "s.h5", coords, attrs, {}, 4, {"encoder": "enc"}) as w:
+        w.write(0, np.ones((2, 4)))
+        assert repr(w) == "<FeatureWriter 's.h5' 2 of 3 rows × 4 written, open>"
+        w.write(2, np.ones((1, 4)))
+        w.commit()
+    assert repr(FeatureBag(tmp_path / "s.h5")) == "<FeatureBag 's.h5' 3 tiles × 4 (enc)>"
+    back = read_tile_file(tmp_path / "s.h5")
+    assert repr(back) == "<TileFile 's.h5' 3 tiles, features 3 × 4 (enc), 448 px tiles at 0.5 µm/px>"
+    coords_only = read_tile_file(write_coords(tmp_path / "c.h5", coords, ATTRS, {}))
+    assert repr(coords_only) == "<TileFile 'c.h5' 3 tiles, coords only, 448 px tiles>"
+    for obj in (back, coords_only):
+        assert "\n" not in repr(obj)

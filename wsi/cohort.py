@@ -313,6 +313,13 @@ class BagSequence(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return len(self.files)
 
+    def __repr__(self) -> str:
+        held = "in RAM" if self.cached else "streamed"
+        return (
+            f"<BagSequence {len(self)} bags, {int(self.n_tiles.sum())} tiles × "
+            f"{self.feature_dim}, {_bytes(self.nbytes)} {held}>"
+        )
+
     @overload
     def __getitem__(self, index: int) -> np.ndarray: ...
 
@@ -344,14 +351,6 @@ class BagSequence(Sequence[np.ndarray]):
             return self._arrays[index][rows]
         return file.load(rows) if rows.size else np.zeros((0, file.feature_dim), np.float32)
 
-    def to_memory(self) -> BagSequence:
-        """The same bags read into RAM (reads every file once; needs :attr:`nbytes`)."""
-        if self._arrays is not None:
-            return self
-        quiet = self.nbytes < PROGRESS_MIN_BYTES
-        files = tqdm(self.files, desc="caching bags", unit="bag", leave=False, disable=quiet)
-        return BagSequence(self.files, [f.load() for f in files])
-
 
 # --------------------------------------------------------------------------- cohort
 
@@ -368,6 +367,14 @@ def _plural(n: int, one: str, many: str) -> str:
 
 def _gib(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def _bytes(n_bytes: int) -> str:
+    """``n_bytes`` in the largest binary unit that keeps it at least 1 (B … GiB)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.3g} {unit}"
+    return f"{n_bytes} B"
 
 
 def default_cache_bytes() -> int:
@@ -405,6 +412,18 @@ class Cohort:
 
     def __len__(self) -> int:
         return len(self.slide_ids)
+
+    def __repr__(self) -> str:
+        left_out = (
+            len(self.missing_features) + len(self.unlabelled) + len(self.empty_bags)
+            + len(self.unreadable)
+        )
+        held = "in RAM" if self.bags.cached else "streamed"
+        return (
+            f"<Cohort {len(self)} slides, {int(self.bags.n_tiles.sum())} tiles × "
+            f"{self.feature_dim} ({self.encoder or 'encoder unknown'}), bags {held}, "
+            f"targets {', '.join(self.targets) or 'none'}, {left_out} left out>"
+        )
 
     def report(self) -> str:
         """One paragraph: slides kept, what was left out (counts and first names), how the

@@ -408,52 +408,82 @@ def _check_tiff_layout(path: Path, shown: str, file_size: int) -> None:
             for index, page in enumerate(tif.pages):
                 if not isinstance(page, tifffile.TiffPage):
                     continue
-                tw, th = page.tilewidth, page.tilelength
                 if page.is_tiled and aperio:
-                    size = (index, page.imagewidth, page.imagelength)
-                    first = first or size
-                    if size[1] > first[1] or size[2] > first[2]:
-                        raise SlideOpenError(
-                            f"{shown}: tiled directory {index} is {size[1]}x{size[2]} px, "
-                            f"larger than level 0 (directory {first[0]}, {first[1]}x{first[2]} "
-                            "px); the pyramid is damaged — re-copy the file or re-export it",
-                            path,
-                        )
-                if page.is_tiled and not (0 < tw <= _MAX_TILE_SIDE and 0 < th <= _MAX_TILE_SIDE):
-                    raise SlideOpenError(
-                        f"{shown}: directory {index} declares {tw}x{th} px tiles, beyond what "
-                        f"is decoded here (1 to {_MAX_TILE_SIDE} px a side; scanners write "
-                        "240-4096): the header is corrupt (re-copy the file) or the image is "
-                        "one huge tile (re-export it, e.g. `vips tiffsave --tile --pyramid`)",
-                        path,
-                    )
+                    first = _check_aperio_level(path, shown, index, page, first)
+                if page.is_tiled:
+                    _check_tile_size(path, shown, index, page)
                 offsets = np.asarray(page.dataoffsets, np.uint64)
                 counts = np.asarray(page.databytecounts, np.uint64)
                 if page.is_tiled:
-                    planes = page.samplesperpixel if int(page.planarconfig) == 2 else 1
-                    needed = -(-page.imagewidth // tw) * -(-page.imagelength // th) * planes
-                    if min(offsets.size, counts.size) < needed:
-                        raise SlideOpenError(
-                            f"{shown}: tiled directory {index} ({page.imagewidth}x"
-                            f"{page.imagelength} px in {tw}x{th} px tiles) needs {needed} tiles "
-                            f"but lists {min(offsets.size, counts.size)}; the header is "
-                            "corrupt — re-copy the file or re-export it",
-                            path,
-                        )
-                if offsets.shape != counts.shape or not offsets.size:
-                    continue
-                end = int((offsets + counts)[counts > 0].max(initial=0))
-                if end > file_size:
-                    raise SlideOpenError(
-                        f"{shown}: the file ends at byte {file_size:,} but the image data of "
-                        f"directory {index} runs to byte {end:,}: it is truncated (an "
-                        "interrupted copy or upload?); re-copy it",
-                        path,
-                    )
+                    _check_tile_count(path, shown, index, page, min(offsets.size, counts.size))
+                _check_data_end(path, shown, index, offsets, counts, file_size)
     except SlideOpenError:
         raise
     except Exception:  # noqa: BLE001 - tifffile's verdict is advisory; the readers decide
         return
+
+
+def _check_aperio_level(
+    path: Path, shown: str, index: int, page: Any, first: tuple[int, int, int] | None
+) -> tuple[int, int, int]:
+    """Refuse an Aperio tiled directory larger than the first one (level 0); return the
+    first one's (directory, width, height)."""
+    size = (index, page.imagewidth, page.imagelength)
+    first = first or size
+    if size[1] > first[1] or size[2] > first[2]:
+        raise SlideOpenError(
+            f"{shown}: tiled directory {index} is {size[1]}x{size[2]} px, "
+            f"larger than level 0 (directory {first[0]}, {first[1]}x{first[2]} "
+            "px); the pyramid is damaged — re-copy the file or re-export it",
+            path,
+        )
+    return first
+
+
+def _check_tile_size(path: Path, shown: str, index: int, page: Any) -> None:
+    """Refuse a tiled directory whose tiles are too large to decode (or empty)."""
+    tw, th = page.tilewidth, page.tilelength
+    if not (0 < tw <= _MAX_TILE_SIDE and 0 < th <= _MAX_TILE_SIDE):
+        raise SlideOpenError(
+            f"{shown}: directory {index} declares {tw}x{th} px tiles, beyond what "
+            f"is decoded here (1 to {_MAX_TILE_SIDE} px a side; scanners write "
+            "240-4096): the header is corrupt (re-copy the file) or the image is "
+            "one huge tile (re-export it, e.g. `vips tiffsave --tile --pyramid`)",
+            path,
+        )
+
+
+def _check_tile_count(path: Path, shown: str, index: int, page: Any, listed: int) -> None:
+    """Refuse a tiled directory that lists fewer tiles (``listed``: offsets and byte counts)
+    than its image size needs."""
+    tw, th = page.tilewidth, page.tilelength
+    planes = page.samplesperpixel if int(page.planarconfig) == 2 else 1
+    needed = -(-page.imagewidth // tw) * -(-page.imagelength // th) * planes
+    if listed < needed:
+        raise SlideOpenError(
+            f"{shown}: tiled directory {index} ({page.imagewidth}x"
+            f"{page.imagelength} px in {tw}x{th} px tiles) needs {needed} tiles "
+            f"but lists {listed}; the header is "
+            "corrupt — re-copy the file or re-export it",
+            path,
+        )
+
+
+def _check_data_end(
+    path: Path, shown: str, index: int, offsets: np.ndarray, counts: np.ndarray, file_size: int
+) -> None:
+    """Refuse a directory whose image data (``offsets`` + ``counts``, bytes) runs past the
+    end of the file (a truncated copy)."""
+    if offsets.shape != counts.shape or not offsets.size:
+        return
+    end = int((offsets + counts)[counts > 0].max(initial=0))
+    if end > file_size:
+        raise SlideOpenError(
+            f"{shown}: the file ends at byte {file_size:,} but the image data of "
+            f"directory {index} runs to byte {end:,}: it is truncated (an "
+            "interrupted copy or upload?); re-copy it",
+            path,
+        )
 
 
 def _check_levels(name: str, dimensions: tuple[tuple[int, int], ...], path: Path) -> None:
@@ -489,6 +519,24 @@ def _check_levels(name: str, dimensions: tuple[tuple[int, int], ...], path: Path
 
 def _open_reader(path: Path) -> Reader:
     shown = display_path(path)
+    size = _checked_file_size(path, shown)
+    if _read_head(path, shown) in _TIFF_MAGIC:
+        _check_tiff_layout(path, shown, size)
+    try:
+        return OpenSlideReader(path)
+    except openslide.OpenSlideUnsupportedFormatError:
+        return FlatImageReader(path)
+    except (openslide.OpenSlideError, ValueError, LookupError, MemoryError) as exc:
+        raise SlideOpenError(
+            f"{shown}: openslide cannot read it ({type(exc).__name__}: {exc}); the file may be "
+            "truncated or corrupt — re-copy it or re-export it from the scanner software",
+            path,
+        ) from None
+
+
+def _checked_file_size(path: Path, shown: str) -> int:
+    """The size (bytes) of ``path``, once it is known to be a non-empty file with a UTF-8
+    name; otherwise :class:`SlideNotFoundError` or :class:`SlideOpenError` saying why."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -518,9 +566,14 @@ def _open_reader(path: Path) -> Reader:
         raise SlideOpenError(
             f"{shown}: empty file (0 bytes); the copy or scan did not finish", path
         )
+    return st.st_size
+
+
+def _read_head(path: Path, shown: str) -> bytes:
+    """The first 4 bytes of ``path`` (a format's magic number)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            return f.read(4)
     except PermissionError:
         raise SlideOpenError(
             f"{shown}: permission denied; make the file readable (chmod a+r) for this user", path
@@ -528,17 +581,5 @@ def _open_reader(path: Path) -> Reader:
     except OSError as exc:
         raise SlideOpenError(
             f"{shown}: cannot read the file ({exc.strerror}); check the disk or network share",
-            path,
-        ) from None
-    if head in _TIFF_MAGIC:
-        _check_tiff_layout(path, shown, st.st_size)
-    try:
-        return OpenSlideReader(path)
-    except openslide.OpenSlideUnsupportedFormatError:
-        return FlatImageReader(path)
-    except (openslide.OpenSlideError, ValueError, LookupError, MemoryError) as exc:
-        raise SlideOpenError(
-            f"{shown}: openslide cannot read it ({type(exc).__name__}: {exc}); the file may be "
-            "truncated or corrupt — re-copy it or re-export it from the scanner software",
             path,
         ) from None

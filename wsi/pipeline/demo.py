@@ -87,9 +87,11 @@ def run_demo(
 
     ``size_px`` (width, height at 0.5 µm/px) shrinks the slides, e.g. for tests.
     """
+    from models.atomic import write_text_atomic
     from models.training import TrainConfig
     from wsi.pipeline.embed import embed_archive
-    from wsi.pipeline.train import heatmap_run, train_run
+    from wsi.pipeline.heatmap import heatmap_run
+    from wsi.pipeline.train import train_run
     from wsi.synthetic.cohort import write_cohort
 
     out = Path(out_dir)
@@ -117,7 +119,7 @@ def run_demo(
         return written
 
     result.heatmaps = _timed(result, "heatmaps", heatmaps)
-    (out / "demo_summary.json").write_text(json.dumps({
+    write_text_atomic(out / "demo_summary.json", json.dumps({
         "n_slides": result.n_slides, "n_tiles": result.n_tiles, "seconds": result.seconds,
         "metrics": result.metrics}, indent=2))
     return result

@@ -27,8 +27,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from models.atomic import AtomicTarget, atomic_path
 from wsi.errors import FeatureFileError
-from wsi.store.folder import temporary_path
 
 FEATURE_CHUNK_ROWS = 256
 
@@ -44,6 +44,30 @@ class TileFile:
     features: np.ndarray | None = None
     features_attrs: dict[str, Any] | None = None
     tissue_fraction: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        attrs = self.coords_attrs
+        kind = "coords only"
+        if self.features is not None:
+            encoder = (self.features_attrs or {}).get("encoder") or "encoder unknown"
+            kind = f"features {_shape(self.features.shape)} ({encoder})"
+        size = attrs.get("patch_size")
+        tiles = f", {size} px tiles" if size else ""
+        mpp = attrs.get("target_mpp")
+        scale = f" at {float(np.ravel(mpp)[0]):.4g} µm/px" if tiles and _number(mpp) else ""
+        return f"<TileFile {self.path.name!r} {len(self.coords)} tiles, {kind}{tiles}{scale}>"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return " × ".join(str(int(n)) for n in shape)
+
+
+def _number(value: Any) -> bool:
+    """Whether an attribute holds one finite number (``target_mpp`` is "" when unset)."""
+    try:
+        return bool(np.isfinite(float(np.ravel(value)[0])))
+    except (TypeError, ValueError, IndexError):
+        return False
 
 
 def _clean_attr(value: Any) -> Any:
@@ -80,16 +104,9 @@ def write_coords(
     tissue_fraction: np.ndarray | None = None,
 ) -> Path:
     """Write a coords file atomically and return its path."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(final)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write_coords(f, coords, coords_attrs, provenance, tissue_fraction)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        _write_coords(f, coords, coords_attrs, provenance, tissue_fraction)
+    return Path(path)
 
 
 class FeatureWriter:
@@ -109,12 +126,12 @@ class FeatureWriter:
         feature_attrs: Mapping[str, Any],
         tissue_fraction: np.ndarray | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temporary_path(self.path)
+        self._target = AtomicTarget(path)
+        self.path = self._target.path
         self._n = int(np.asarray(coords).shape[0])
+        self._dim = int(feature_dim)
         self._written = 0
-        self._file = h5py.File(self._tmp, "w")
+        self._file = h5py.File(self._target.tmp, "w")
         _write_coords(self._file, coords, coords_attrs, provenance, tissue_fraction)
         self._features = self._file.create_dataset(
             "features",
@@ -126,6 +143,13 @@ class FeatureWriter:
         for key, value in feature_attrs.items():
             self._features.attrs[key] = _clean_attr(value)
         self._features.attrs["feature_dim"] = int(feature_dim)
+
+    def __repr__(self) -> str:
+        state = "open" if self._file.id.valid else "closed"
+        return (
+            f"<FeatureWriter {self.path.name!r} {self._written} of {self._n} rows × "
+            f"{self._dim} written, {state}>"
+        )
 
     def write(self, start: int, rows: np.ndarray) -> None:
         """Write ``rows`` (B, D) at row ``start``."""
@@ -146,8 +170,7 @@ class FeatureWriter:
         if drop is not None and np.any(drop):
             self._compact(np.flatnonzero(~np.asarray(drop, bool)))
         self._file.close()
-        os.replace(self._tmp, self.path)
-        return self.path
+        return self._target.commit()
 
     def _compact(self, keep: np.ndarray) -> None:
         names = [n for n in ("coords", "features", "tissue_fraction") if n in self._file]
@@ -166,7 +189,7 @@ class FeatureWriter:
         """Drop the temporary file."""
         if self._file.id.valid:
             self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        self._target.discard()
 
     def __enter__(self) -> FeatureWriter:
         return self
@@ -316,6 +339,10 @@ class FeatureBag:
     def feature_dim(self) -> int:
         """D, the width of each feature row."""
         return self.shape[1]
+
+    def __repr__(self) -> str:
+        encoder = self.encoder or "encoder unknown"
+        return f"<FeatureBag {self.path.name!r} {len(self)} tiles × {self.feature_dim} ({encoder})>"
 
     def __len__(self) -> int:
         return self.shape[0]

@@ -11,8 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from models.atomic import atomic_path
 from wsi.io.slide import display_path, slide_id_of
-from wsi.store.folder import FileLock, temporary_path
+from wsi.store.folder import FileLock
 
 MANIFEST_COLUMNS = (
     "slide_id", "path", "status", "n_tiles", "mpp", "mpp_source", "seconds", "error",
@@ -120,13 +121,11 @@ class Manifest:
             for sid in self._weak - self._strong:
                 if merged.get(sid, {}).get("status", "failed") == "failed":
                     merged[sid] = self.rows[sid]
-            tmp = temporary_path(self.path)
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
+            with atomic_path(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
                 writer.writeheader()
                 for row in merged.values():
                     writer.writerow({c: row.get(c, "") for c in self.columns})
-            os.replace(tmp, self.path)
         self.rows = merged
         self._strong.clear()
         self._weak.clear()

@@ -19,8 +19,8 @@ from matplotlib.colors import Colormap
 from PIL import Image, ImageDraw
 from scipy.stats import rankdata
 
+from models.atomic import write_atomic
 from wsi.errors import InvalidParameterError
-from wsi.store.folder import temporary_path
 from wsi.viz.geojson import feature_collection, polygon_feature
 from wsi.viz.qc import (
     CAPTION_PX,
@@ -244,18 +244,8 @@ def save_png(image: Image.Image | np.ndarray, path: str | os.PathLike[str]) -> P
 
     Parent folders are created. A crash never leaves a half-written file under ``path``.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     picture = image if isinstance(image, Image.Image) else Image.fromarray(as_rgb(image))
-    temporary = temporary_path(target)
-    try:
-        with open(temporary, "wb") as handle:
-            picture.save(handle, format="PNG", compress_level=1)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic(path, lambda tmp: picture.save(tmp, format="PNG", compress_level=1))
 
 
 def _colormap(name: str) -> Colormap:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from wsi.errors import InvalidParameterError
+from wsi.io.readers import rgba_to_rgb
 
 MAX_SIDE_PX = 2048
 """Longest side of a QC or heatmap picture, caption included (pixels)."""
@@ -39,6 +40,13 @@ class FittedThumbnail:
     downsample_x: float
     downsample_y: float
 
+    def __repr__(self) -> str:
+        h, w = self.rgb.shape[:2]
+        return (
+            f"<FittedThumbnail {w}×{h} px, {self.downsample_x:.4g}×{self.downsample_y:.4g} "
+            "level-0 px per px>"
+        )
+
 
 def as_rgb(image: np.ndarray | Image.Image) -> np.ndarray:
     """An (H, W, 3) uint8 copy of a grey, RGB or RGBA uint8 image (RGBA composited on white)."""
@@ -53,9 +61,7 @@ def as_rgb(image: np.ndarray | Image.Image) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] == 3:
         return array.copy()
     if array.ndim == 3 and array.shape[2] == 4:
-        alpha = array[:, :, 3:4].astype(np.float64) / 255.0
-        rgb = array[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
-        return np.rint(rgb).astype(np.uint8)
+        return rgba_to_rgb(array)
     raise InvalidParameterError(
         f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4), got {array.shape}"
     )
