@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from models.encoders import encoder_from_module, load_encoder
+from wsi.options import TileOptions
 from wsi.pipeline.embed import embed_archive
 from wsi.synthetic.slides import Region, write_slide
-from wsi.options import TileOptions
 
 
 def encoder_only(enc, batch: torch.Tensor, seconds: float = 8.0) -> float:

@@ -197,10 +197,9 @@ The quality-control picture (the same as `wsi tile` writes to `qc/{slide_id}.png
 outline in green, kept tiles in blue.
 '''),
     code('''
-from wsi.viz.qc import qc_image
 
 qc_downsample = max(max(slide.dimensions) / 1536, 1.0)  # level-0 px per picture px
-qc = qc_image(
+qc = wsi.qc_image(
     slide.read_thumbnail(qc_downsample), qc_downsample,
     tissue_mask=mask.array, mask_downsample=mask.downsample,
     coords=grid.coords, tile_size_level0=grid.size_level0,
@@ -348,7 +347,6 @@ import pandas as pd
 from IPython.display import Image, display
 
 import wsi
-from wsi.options import TileOptions
 '''),
     md('''
 ## 1. A folder of slides, one of them broken
@@ -370,7 +368,7 @@ Tiles of 224 px at 0.5 µm/px, kept when at least half tissue, encoded with the 
 is its file name without the extension.
 '''),
     code('''
-tiling = TileOptions(mpp=TILE_MPP, size=TILE_SIZE, overlap=0, min_tissue=0.5)
+tiling = wsi.TileOptions(mpp=TILE_MPP, size=TILE_SIZE, overlap=0, min_tissue=0.5)
 start = time.perf_counter()
 rows = wsi.embed_archive([SLIDES_DIR], OUT, encoder="efficientnet_lite0", tiling=tiling,
                          workers=WORKERS, progress=True)
@@ -500,7 +498,6 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 import models
 import wsi
-from wsi.pipeline.train import heatmap_run
 
 %matplotlib inline
 '''),
@@ -618,7 +615,7 @@ for slide_id in chosen:
 
 heatmaps = {}
 for slide_id in chosen:
-    written = heatmap_run(checkpoint, path_of[slide_id], FEATURES / f"{slide_id}.h5",
+    written = wsi.heatmap_run(checkpoint, path_of[slide_id], FEATURES / f"{slide_id}.h5",
                           RUN / "heatmaps" / f"{slide_id}.png")
     heatmaps[slide_id] = written
 print("written:", sorted(p.name for p in heatmaps[chosen[0]]))

@@ -12,9 +12,9 @@ import wsi
 from tests import tiny_encoders
 from tests.conftest import TISSUE_TILES, read_manifest, write_reference_slide
 from wsi.cli import main
+from wsi.options import TileOptions
 from wsi.pipeline.embed import embed, embed_archive
 from wsi.synthetic.slides import write_slide
-from wsi.options import TileOptions
 
 tiny_encoders.register()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -27,6 +27,7 @@ def _import_every_module() -> None:
 
 def test_no_submodule_replaces_an_exported_name():
     _import_every_module()
+    assert set(wsi._LAZY) <= set(wsi.__all__)
     for name in wsi.__all__:
         value = getattr(wsi, name)
         assert not isinstance(value, type(wsi)), f"wsi.{name} is a module after imports"

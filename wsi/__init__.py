@@ -48,6 +48,11 @@ _LAZY = {
     "TissueMask": "wsi.tissue",
     "TissueOptions": "wsi.options",
     "detect_tissue": "wsi.tissue",
+    "qc_image": "wsi.viz.qc",
+    "attention_overlay": "wsi.viz.heatmap",
+    "train_run": "wsi.pipeline.train",
+    "predict_run": "wsi.pipeline.predict",
+    "heatmap_run": "wsi.pipeline.heatmap",
 }
 
 if TYPE_CHECKING:
@@ -55,9 +60,14 @@ if TYPE_CHECKING:
     from wsi.io.slide import Slide, open_slide
     from wsi.options import TileOptions, TissueOptions
     from wsi.pipeline.embed import embed, embed_archive
+    from wsi.pipeline.heatmap import heatmap_run
+    from wsi.pipeline.predict import predict_run
     from wsi.pipeline.ray_runner import RayOptions
+    from wsi.pipeline.train import train_run
     from wsi.tiling import TileGrid, tile
     from wsi.tissue import TissueMask, detect_tissue
+    from wsi.viz.heatmap import attention_overlay
+    from wsi.viz.qc import qc_image
 
 
 def __getattr__(name: str) -> Any:
@@ -97,11 +107,16 @@ __all__ = [
     "TissueMask",
     "TissueOptions",
     "WsiError",
+    "attention_overlay",
     "detect_tissue",
     "embed",
     "embed_archive",
+    "heatmap_run",
     "load_cohort",
-    "read_labels",
     "open_slide",
+    "predict_run",
+    "qc_image",
+    "read_labels",
     "tile",
+    "train_run",
 ]

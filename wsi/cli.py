@@ -210,7 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """``wsi predict``: one row of predictions per slide of a features folder; a file that
     cannot be used is one printed line and a row with its ``error`` (exit 1)."""
-    from wsi.pipeline.train import predict_run
+    from wsi.pipeline.predict import predict_run
 
     frame = predict_run(args.checkpoint, args.features, args.out, attention_dir=args.attention,
                         progress=not args.quiet)
@@ -223,7 +223,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_heatmap(args: argparse.Namespace) -> int:
     """``wsi heatmap``: attention pictures of one slide."""
-    from wsi.pipeline.train import heatmap_run
+    from wsi.pipeline.heatmap import heatmap_run
 
     for path in heatmap_run(args.checkpoint, args.slide, args.features, args.out,
                             slide_mpp=args.slide_mpp):

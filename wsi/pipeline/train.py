@@ -87,15 +87,3 @@ def _features_key(cohort: Cohort) -> str:
     text = json.dumps([cohort.encoder, cohort.feature_dim, files])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-
-_MOVED = {"predict_run": "wsi.pipeline.predict", "heatmap_run": "wsi.pipeline.heatmap"}
-
-
-def __getattr__(name: str) -> Any:
-    """Transitional: ``predict_run`` and ``heatmap_run`` moved to their own modules; old
-    imports from here still resolve until every caller imports from the new place."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
