@@ -3,7 +3,7 @@
 # Prints encoder-only and end-to-end tiles/s (and their ratio) for CLAM's truncated
 # ResNet-50 and a ViT-L/16-sized timm model (random weights: no hub needed), on generated
 # 40x slides read at 20x (4 slides of ~460 tissue tiles each).
-# Record the figures and the hardware (nvidia-smi line) in the README.
+# Record the figures and the hardware (nvidia-smi line) as a dated entry in benchmarks/RESULTS.md.
 # Knobs (environment): WORKERS reader processes (8), BATCH (256), TILES_SIDE (24),
 # REPEATS (2), DEVICE (cuda), EXTRA (more embedding.py flags). On a CPU machine
 # `DEVICE=cpu WORKERS=0 TILES_SIDE=3 REPEATS=1 BATCH=8 EXTRA=--skip-bf16` smoke-tests it.

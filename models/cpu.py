@@ -3,8 +3,8 @@
 A CNN forward pass on a batch of tiles allocates activation buffers of tens to hundreds
 of MB. glibc's malloc serves blocks above its mmap threshold (at most 32 MB by default)
 with a fresh ``mmap`` and returns them with ``munmap``, so every batch page-faults its
-buffers in again: measured here, EfficientNet-Lite0 at batch 64 ran at 20 tiles/s with
-13,000 page faults per tile, and at 48 tiles/s once the heap kept those buffers.
+buffers in again: keeping them on the heap saves those page faults on every batch
+(figures: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

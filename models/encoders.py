@@ -90,7 +90,7 @@ class Encoder:
     cpu_graph: bool = False
     """On a CPU at fp32, run a TorchScript-frozen copy of ``module`` (built on the first
     batch, checked against eager; see :mod:`models.frozen`): convolutions fused with their
-    activations, 1.25x for EfficientNet-Lite0. On for the built-in and timm encoders; off
+    activations: fewer ops per tile. On for the built-in and timm encoders; off
     for user modules (tracing would drop Python side effects of their ``forward``)."""
     _graphs: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -171,10 +171,9 @@ class Encoder:
         """This encoder in eval mode on ``device`` (None: cuda > mps > cpu) at ``precision``.
 
         The module is moved, not copied. ``precision="auto"``: bf16 (or fp16) on CUDA,
-        bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32 (emulated bf16 was 10x
-        slower on an AVX2 CPU). ``channels_last`` None: on for CUDA and CPU (fp32 on an AVX2
-        CPU: 1.7-3x faster for EfficientNet-Lite0, 1.35x for ResNet-50, neutral for ViT;
-        see benchmarks/encoders.py), off for MPS.
+        bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32 (emulated bf16 is far
+        slower on an AVX2 CPU). ``channels_last`` None: on for CUDA and CPU (faster CNNs on a
+        CPU, neutral for ViT; figures in benchmarks/RESULTS.md), off for MPS.
         """
         target = resolve_device(device)
         if target.type == "cpu":

@@ -3,7 +3,7 @@
 Eager PyTorch runs a CNN layer by layer: every activation (ReLU6, ReLU, …) is its own pass
 over the feature map. ``torch.jit.freeze`` + ``torch.jit.optimize_for_inference`` hand the
 whole graph to oneDNN, which fuses convolutions with their activations and keeps weights
-pre-packed: EfficientNet-Lite0 1.2x, ResNet-50 1.07x on an AVX2 CPU (benchmarks/encoders.py),
+pre-packed: fewer passes over memory per tile (figures: benchmarks/RESULTS.md),
 outputs within 1e-5. The TorchScript API is deprecated in recent torch releases
 (``torch.compile`` is its successor, but compiles for minutes per process on a CPU), so
 everything here is guarded: its deprecation warnings are silenced, and any failure or any

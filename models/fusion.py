@@ -4,8 +4,8 @@ A ``Conv2d`` (or a subclass such as timm's ``Conv2dSame``) followed by a ``Batch
 (timm's ``BatchNormAct2d`` too) computes an affine
 map of the convolution's output; with frozen statistics that map can be moved into the
 convolution's weights and bias, and the norm replaced by its activation (or nothing). On a CPU
-this saves the norm's pass over every activation map: EfficientNet-Lite0 spends about a fifth
-of its time in batch norms (see benchmarks/encoders.py).
+this saves the norm's pass over every activation map: fewer ops per tile (figures:
+benchmarks/RESULTS.md).
 
 Pairs are found as consecutive children of one module (``conv_pw`` then ``bn1``, the layout of
 timm's EfficientNet and ResNet blocks); :func:`fold_batchnorm` checks the folded module

@@ -375,7 +375,7 @@ class TransMIL(MILModel):
     a PPEG positional encoding between them. One class token per task; a task's attention
     is its class token's last-layer attention to the tiles, averaged over heads and
     renormalised over the real tiles. Full softmax attention (not Nystrom): compute grows
-    as N^2, about 1 s per training step on a 2,000-tile bag on one CPU core; pass
+    as N^2, slow for bags of thousands of tiles on a CPU; pass
     ``max_tiles`` when training on CPU, or use a GPU. ``ppeg=False`` drops the positional encoding
     (then the output does not depend on tile order or on batch padding)."""
 

@@ -4,7 +4,7 @@ timm's ``Conv2dSame`` (the ``tf_*`` ports: tf_efficientnet, tf_efficientnet_lite
 every input with ``F.pad`` before convolving, because TensorFlow's 'SAME' padding of a
 stride-2 layer is asymmetric: (p, p + 1) pixels. That pad is a full copy of the activation
 map, and a slow one on channels_last CPU tensors: EfficientNet-Lite0's five stride-2 layers
-took about a third of its time (see benchmarks/encoders.py).
+pay it on every tile (figures: benchmarks/RESULTS.md).
 
 For a known input size the pad is fixed, and a pad of (p, p + 1) equals a symmetric pad of
 p + 1 with one leading row/column of zeros in the kernel: the same products, read by the

@@ -156,6 +156,7 @@ with wsi.open_slide(sys.argv[1]) as slide:
 """
 
 
+@pytest.mark.slow
 def test_too_large_level_is_tiled_in_bounded_memory(corpus):
     """A 200 000² px slide (120 GB of RGB at level 0) is thumbnailed, masked, tiled and
     read under a 2.5 GiB address-space limit: no full level is ever read."""
@@ -196,6 +197,7 @@ def test_thumbnail_of_a_level_without_pyramid_is_read_in_blocks(tmp_path):
 # --------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.slow
 def test_cli_tile_over_the_slide_corpus(tmp_path, capsys):
     cases = make_corpus(tmp_path / "corpus")
     slides = tmp_path / "corpus" / "slides"

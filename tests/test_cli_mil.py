@@ -49,6 +49,7 @@ def cohort(tmp_path):
     return feats, labels
 
 
+@pytest.mark.slow
 def test_train_predict_end_to_end(cohort, tmp_path, capsys):
     feats, labels = cohort
     run = tmp_path / "run"
@@ -122,6 +123,7 @@ def test_bad_labels_are_usage_errors(cohort, tmp_path, capsys, edit, args, messa
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_heatmap_of_a_slide(tmp_path):
     slides = tmp_path / "slides"
     slides.mkdir()

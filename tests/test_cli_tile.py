@@ -83,6 +83,7 @@ def test_usage_errors_exit_2(archive, tmp_path, flag, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_console_script_and_debug(archive, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "wsi.cli", "tile", str(archive / "text.svs"), "--out", str(out)]

@@ -25,6 +25,7 @@ def _faults(extra_env):
     return out[0] == "True", int(out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 def test_large_activation_buffers_are_reused():
     applied, tuned = _faults({})

@@ -222,6 +222,7 @@ TRAIN_KILL_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", TRAIN_KILL_POINTS)
 def test_killed_train_resumes_to_the_uninterrupted_result(cohort, tmp_path, point):
     ready, folds_done = TRAIN_KILL_POINTS[point]
@@ -236,6 +237,7 @@ def test_killed_train_resumes_to_the_uninterrupted_result(cohort, tmp_path, poin
     assert mtimes(list(kept)) == kept  # finished folds were reused, not retrained
 
 
+@pytest.mark.slow
 def test_a_new_run_over_an_old_one_never_looks_finished(cohort, tmp_path):
     run = tmp_path / "run"
     old = train_args(cohort, run)
@@ -259,6 +261,7 @@ def test_a_new_run_over_an_old_one_never_looks_finished(cohort, tmp_path):
     assert_same_run(run, cohort / "reference")
 
 
+@pytest.mark.slow
 def test_a_re_embedded_feature_file_retrains_every_fold(cohort, tmp_path):
     root = tmp_path / "cohort"
     shutil.copytree(cohort / "features", root / "features")
@@ -378,6 +381,7 @@ EMBED_KILL_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", EMBED_KILL_POINTS)
 def test_killed_embed_resumes_to_the_uninterrupted_result(archive, tmp_path, point):
     ready, landed = EMBED_KILL_POINTS[point]

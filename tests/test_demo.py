@@ -1,8 +1,11 @@
 import json
 
 import pandas as pd
+import pytest
 
 from wsi.pipeline.demo import run_demo
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the whole pipeline
 
 
 def test_small_demo_runs_the_whole_pipeline(tmp_path):

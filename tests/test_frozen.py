@@ -16,6 +16,7 @@ from models.encoders import load_encoder
 from models.frozen import freeze_for_cpu
 
 
+@pytest.mark.slow
 def test_frozen_efficientnet_matches_eager_on_other_batch_sizes() -> None:
     torch.manual_seed(0)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
@@ -47,6 +48,7 @@ def test_untraceable_large_or_unfaithful_modules_stay_eager(monkeypatch) -> None
     assert freeze_for_cpu(small, probe) is None  # other weights: refused
 
 
+@pytest.mark.slow
 def test_the_default_encoder_runs_a_frozen_graph_with_eager_features() -> None:
     encoder = load_encoder("efficientnet_lite0", weights="random", device="cpu", precision="fp32")
     tiles = np.random.default_rng(0).integers(0, 256, (6, 224, 224, 3), np.uint8)

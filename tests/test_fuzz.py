@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("WSI_FUZZ_EXAMPLES", "200"))
 TIMEOUT_S = float(os.environ.get("WSI_FUZZ_TIMEOUT", "30"))
 RANDOM_SEED = os.environ.get("WSI_FUZZ_SEED")
+pytestmark = pytest.mark.slow  # worker processes over hundreds of mutated files
 STARTUP_S = 120.0
 """Extra time for the worker's first answer (imports on a busy machine)."""
 
@@ -254,6 +255,7 @@ def _fuzz_settings(test):
     return seed(int(RANDOM_SEED))(test) if RANDOM_SEED is not None else test
 
 
+@pytest.mark.timeout(300 + 2 * EXAMPLES)  # WSI_FUZZ_EXAMPLES=5000: a long run
 @_fuzz_settings
 @given(name=st.sampled_from(SEED_NAMES), mutations=st.lists(mutation, min_size=1, max_size=4))
 def test_mutated_slides_raise_only_wsi_errors(seeds, worker, name, mutations):

@@ -23,6 +23,8 @@ nbclient = pytest.importorskip("nbclient")
 kernelspec = pytest.importorskip("ipykernel.kernelspec")
 h5py = pytest.importorskip("h5py")
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # three notebooks in kernels
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil")
 CELL_TIMEOUT_S = 900

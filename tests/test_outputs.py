@@ -50,6 +50,7 @@ def test_a_lock_is_exclusive_until_released(tmp_path):
     again.release()
 
 
+@pytest.mark.slow
 def test_a_killed_holders_lock_file_is_not_a_held_lock(tmp_path):
     path = slide_lock_path(tmp_path, "a")
     script = (
@@ -167,6 +168,7 @@ def _embed_process(archive, out, log, ready, go):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_two_embed_runs_on_one_folder_embed_every_slide_once(archive, tmp_path):
     out, log = tmp_path / "out", tmp_path / "encoded.log"
     ready, go = [tmp_path / f"ready{i}" for i in range(2)], tmp_path / "go"
@@ -201,6 +203,7 @@ def test_two_embed_runs_on_one_folder_embed_every_slide_once(archive, tmp_path):
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_a_run_waits_for_a_slide_another_process_holds(archive, tmp_path):
     out = tmp_path / "out"
     held = take_slide(out, "s0")

@@ -15,6 +15,8 @@ from wsi.pipeline.ray_runner import RayOptions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+pytestmark = pytest.mark.slow  # a local Ray cluster
+
 
 @pytest.fixture(scope="module")
 def ray_cluster():

@@ -242,6 +242,7 @@ def test_window_past_the_slide_edge_is_glass():
     assert (rgb.min(axis=2) > 225).all()
 
 
+@pytest.mark.slow
 def test_lymphocyte_density_follows_the_immune_score(painted_cohort):
     scores = [spec.immune_score for spec, _ in painted_cohort]
     density = [stats["lymphocytes"] for _, stats in painted_cohort]
@@ -255,12 +256,14 @@ def test_lymphocyte_density_follows_the_immune_score(painted_cohort):
     ("kind", "statistic"),
     [("glandular", "lumens"), ("solid", "nuclei"), ("sarcomatoid", "spindles")],
 )
+@pytest.mark.slow
 def test_each_tumour_type_has_a_signature_texture(painted_cohort, kind, statistic):
     own = [stats[statistic] for spec, stats in painted_cohort if spec.tumour_type == kind]
     others = [stats[statistic] for spec, stats in painted_cohort if spec.tumour_type != kind]
     assert min(own) > 1.5 * max(others)
 
 
+@pytest.mark.slow
 def test_tissue_colours_are_h_and_e_like(painted_cohort):
     """Mean tissue colour is pink-purple (R > B > G), like real H&E tiles."""
     crc = SHARED_DATA / "crc_val_he_7k_32"
@@ -284,6 +287,7 @@ def test_tissue_colours_are_h_and_e_like(painted_cohort):
 # --- files ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_written_slide_tiles_like_a_scanned_one(written_slide):
     spec, path = written_slide
     assert path.name == spec.file_name
@@ -300,6 +304,7 @@ def test_written_slide_tiles_like_a_scanned_one(written_slide):
     assert (tile.min(axis=2) > 215).mean() < 0.5
 
 
+@pytest.mark.slow
 def test_write_cohort_is_byte_identical_for_a_seed_serial_or_parallel(tmp_path):
     size = (1024, 1024)
     first, labels = write_cohort(tmp_path / "a", n_slides=2, seed=5, size_px=size, progress=False)

@@ -116,16 +116,19 @@ def single_and_joint(cohort):
     }
 
 
+@pytest.mark.slow
 def test_abmil_finds_the_key_tiles(single_and_joint):
     scores = single_and_joint["classify"]
     assert scores["auc"] >= 0.95
     assert scores["key_attention"] >= 0.80  # mean attention mass on 3-7 of 24-63 tiles
 
 
+@pytest.mark.slow
 def test_abmil_regresses_a_tile_fraction(single_and_joint):
     assert single_and_joint["regress"]["spearman"] >= 0.90
 
 
+@pytest.mark.slow
 def test_joint_training_keeps_each_task_within_005(single_and_joint):
     joint = single_and_joint["joint"]
     assert joint["auc"] >= single_and_joint["classify"]["auc"] - 0.05
@@ -408,6 +411,7 @@ def test_cross_validate_writes_the_documented_outputs(small, tmp_path):
     pd.testing.assert_frame_equal(again.predictions, result.predictions, check_exact=True)
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_the_finished_folds_of_the_same_run_only(small, tmp_path):
     bags, labels, _ = small
     config = TrainConfig(epochs=2, **FAST)
@@ -578,6 +582,7 @@ def test_small_cohorts_still_get_a_validation_split():
     assert model.feature_dim == 8
 
 
+@pytest.mark.slow
 def test_attention_gradients_do_not_depend_on_the_thread_count():
     """torch's CPU softmax backward differs with 1 vs 2 threads (~1e-8); masked_softmax must
     not, so that training gives the same weights on any machine."""

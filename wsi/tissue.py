@@ -154,7 +154,7 @@ class TissueMask:
         the box side in level-0 pixels. Mask pixels are treated as uniform squares, so
         boxes that cut through a mask pixel get the covered part of it (exact area
         integral of the mask). Parts of a box outside the slide count as non-tissue.
-        Vectorised over a summed-area table: 100k boxes take ~0.1 s.
+        Vectorised over a summed-area table: no Python loop over the boxes.
         """
         size = _positive_finite(size_level0, "size_level0")
         boxes = np.asarray(coords)

@@ -82,8 +82,8 @@ class Slide:
             TIFF/JPEG/PNG through the fallback reader).
         mpp: level-0 µm per pixel, overriding missing or wrong metadata.
         fast_reads: read patches of tiled JPEG TIFF/SVS slides by decoding their JPEG tiles
-            directly, with DCT scaling for coarser targets (``wsi.io.fastread``; ~3x faster
-            than openslide for 20x patches from 40x scans); openslide otherwise.
+            directly, with DCT scaling for coarser targets (``wsi.io.fastread``; faster
+            than openslide, most for 20x patches from 40x scans); openslide otherwise.
 
     Raises:
         SlideNotFoundError: no such file, a directory, or a symlink loop.
@@ -134,7 +134,7 @@ class Slide:
 
     def _fast_reader(self) -> FastTiffReader | None:
         # checked on first use (a patch or thumbnail read): parsing a big TIFF's tile tables
-        # is not free (a few ms), and opening a slide for its metadata should not pay for it
+        # is not free, and opening a slide for its metadata should not pay for it
         if not self._fast_checked:
             self._fast_checked = True
             self._fast = FastTiffReader.try_open(self.path)
