@@ -128,9 +128,9 @@ def test_bf16_features_agree_with_fp32_on_real_tiles(lite0):
 
 def test_auto_precision_on_cpu_is_bf16_only_with_native_support(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr("models.encoders.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("models.device.cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr("models.encoders.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("models.device.cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
     assert resolve_precision("fp32", cpu) == "fp32"
     with pytest.raises(ValueError, match="precision"):
