@@ -25,15 +25,14 @@ from models.mil import ARCHITECTURES, TaskSpec, build_model
 from models.training import (
     CHECKPOINT_VERSION,
     TrainConfig,
-    _batch,
-    _batch_loss,
-    _class_weights,
     assign_folds,
     cross_validate,
     load_checkpoint,
     predict,
     train,
 )
+from models.training.bags import _batch
+from models.training.losses import _batch_loss, _class_weights
 
 DIM = 32
 FAST = {"hidden": 64, "lr": 1e-3, "batch_size": 8}
