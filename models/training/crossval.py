@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +109,21 @@ def cross_validate(
     lab = _encode_labels(labels, classify, regress, len(bags), patient_col)
     fold_of = _assign_folds(lab, folds, config.seed)
     dim = _feature_dim(bags)
+    fit = partial(
+        _fit,
+        bags,
+        lab,
+        arch=arch,
+        config=config,
+        feature_dim=dim,
+        encoder=encoder,
+        progress=progress,
+    )
     out_path = Path(out_dir) if out_dir is not None else None
     run_key = None
-    if out_path is not None and data_key is not None:
-        run_key = _run_key(lab, fold_of, arch, config, dim, encoder, data_key)
     if out_path is not None:
+        if data_key is not None:
+            run_key = _run_key(lab, fold_of, arch, config, dim, encoder, data_key)
         _start_run(out_path, folds, run_key)
     n = len(bags)
     outputs = {
@@ -127,62 +138,24 @@ def cross_validate(
         if trained is not None:
             reused.append(k)
         else:
-            if fold_dir is not None:
-                fold_dir.mkdir(parents=True, exist_ok=True)
-            trained = _fit(
-                bags,
-                lab,
-                np.flatnonzero(fold_of != k),
-                arch,
-                config,
-                dim,
-                encoder,
-                progress,
-                f"fold {k} epochs",
-            )
+            trained = _train_fold(fit, fold_of, k, fold_dir)
         fold_out = _infer(trained, bags, test, lab.slide_ids, num_workers=config.num_workers)
-        scores: dict[str, dict[str, Any]] = {}
+        scores = _score_fold(lab, test, fold_out)
         for task in lab.tasks:
             outputs[task.name][test] = fold_out[task.name]
-            truth = lab.values[task.name][test]
-            found = _fold_metrics(task, truth, fold_out[task.name])
-            n_known = int(
-                (truth >= 0).sum() if task.kind == "classification" else (~np.isnan(truth)).sum()
-            )
-            scores[task.name] = {"n": n_known, **{m: _json_number(v) for m, v in found.items()}}
             per_fold[task.name].append({"fold": k, **scores[task.name]})
         models.append(trained)
         if fold_dir is not None and k not in reused:
-            trained.save(fold_dir / "model.pt")
-            _write_csv(trained.curves, fold_dir / "curves.csv")
-            fold_metrics = {
-                "fold": k,
-                "run_key": run_key,
-                "n_slides": len(test),
-                "best_epoch": trained.best_epoch,
-                "tasks": scores,
-            }
-            write_text_atomic(fold_dir / FINISHED_FOLD, json.dumps(fold_metrics, indent=2))
+            _save_fold(fold_dir, k, trained, run_key, len(test), scores)
 
     predictions = _cv_predictions(lab, fold_of, outputs)
-    metrics = {"model": arch, "folds": folds, "tasks": {}}
-    for task in lab.tasks:
-        entry: dict[str, Any] = {"kind": task.kind}
-        if task.kind == "classification":
-            entry["classes"] = list(task.classes or ())
-        for name in [m for m in per_fold[task.name][0] if m not in ("fold", "n")]:
-            values = [f[name] for f in per_fold[task.name] if f[name] is not None]
-            entry[name] = _json_number(float(np.mean(values))) if values else None
-        entry["per_fold"] = per_fold[task.name]
-        metrics["tasks"][task.name] = entry
+    metrics = _cv_metrics(lab, arch, folds, per_fold)
     if out_path is not None:
         _write_csv(predictions, out_path / "predictions.csv")
-    final = None
-    if refit:
-        final = _fit(bags, lab, np.arange(n), arch, config, dim, encoder, progress, "epochs")
-        if out_path is not None:
-            final.save(out_path / "model.pt")
+    final = fit(np.arange(n), desc="epochs") if refit else None
     if out_path is not None:
+        if final is not None:
+            final.save(out_path / "model.pt")
         write_text_atomic(out_path / FINISHED_RUN, json.dumps(metrics, indent=2))
     return CVResult(
         metrics=metrics,
@@ -192,6 +165,72 @@ def cross_validate(
         final=final,
         reused_folds=reused,
     )
+
+
+def _train_fold(
+    fit: Callable[..., TrainedModel], fold_of: np.ndarray, k: int, fold_dir: Path | None
+) -> TrainedModel:
+    """Fold ``k``'s model, trained on the other folds (``fold_dir`` made first, so that a
+    crash leaves an unfinished fold folder that the next run removes)."""
+    if fold_dir is not None:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+    return fit(np.flatnonzero(fold_of != k), desc=f"fold {k} epochs")
+
+
+def _score_fold(
+    lab: _Labels, test: np.ndarray, fold_out: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, Any]]:
+    """Per task: the fold's metrics (None where undefined) and ``n``, its slides with a
+    known target."""
+    scores: dict[str, dict[str, Any]] = {}
+    for task in lab.tasks:
+        truth = lab.values[task.name][test]
+        found = _fold_metrics(task, truth, fold_out[task.name])
+        known = truth >= 0 if task.kind == "classification" else ~np.isnan(truth)
+        scores[task.name] = {
+            "n": int(known.sum()),
+            **{m: _json_number(v) for m, v in found.items()},
+        }
+    return scores
+
+
+def _save_fold(
+    fold_dir: Path,
+    k: int,
+    trained: TrainedModel,
+    run_key: str | None,
+    n_slides: int,
+    scores: Mapping[str, Any],
+) -> None:
+    """A trained fold's model.pt, curves.csv and, last, its metrics.json (finished)."""
+    trained.save(fold_dir / "model.pt")
+    _write_csv(trained.curves, fold_dir / "curves.csv")
+    fold_metrics = {
+        "fold": k,
+        "run_key": run_key,
+        "n_slides": n_slides,
+        "best_epoch": trained.best_epoch,
+        "tasks": scores,
+    }
+    write_text_atomic(fold_dir / FINISHED_FOLD, json.dumps(fold_metrics, indent=2))
+
+
+def _cv_metrics(
+    lab: _Labels, arch: str, folds: int, per_fold: Mapping[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """The metrics.json dict: per task its kind, (classes), the mean of each metric over
+    the folds where it is defined, and ``per_fold``."""
+    metrics: dict[str, Any] = {"model": arch, "folds": folds, "tasks": {}}
+    for task in lab.tasks:
+        entry: dict[str, Any] = {"kind": task.kind}
+        if task.kind == "classification":
+            entry["classes"] = list(task.classes or ())
+        for name in [m for m in per_fold[task.name][0] if m not in ("fold", "n")]:
+            values = [f[name] for f in per_fold[task.name] if f[name] is not None]
+            entry[name] = _json_number(float(np.mean(values))) if values else None
+        entry["per_fold"] = per_fold[task.name]
+        metrics["tasks"][task.name] = entry
+    return metrics
 
 
 def _cv_predictions(
