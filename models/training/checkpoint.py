@@ -14,7 +14,7 @@ import torch
 
 from models.atomic import write_atomic
 from models.errors import CheckpointError
-from models.mil import MILModel, TaskSpec, build_model
+from models.mil import MILModel, TaskSpec, build_model, known_heads
 from models.training.config import TrainConfig
 from models.training.inference import _infer, predict_table
 
@@ -90,6 +90,13 @@ def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> Traine
             f"{path} has checkpoint format version {ckpt['format_version']}, but this version "
             f"of the library reads version {CHECKPOINT_VERSION}: use the matching library "
             "version or retrain"
+        )
+    arch = ckpt.get("arch")
+    if arch not in known_heads():
+        raise CheckpointError(
+            f"{path} holds a MIL head {arch!r} that is not registered in this process "
+            f"(known: {', '.join(known_heads())}): call models.register_head({arch!r}, builder) "
+            "with the builder it was trained with, then load it again"
         )
     try:
         known = {f.name for f in fields(TrainConfig)}
