@@ -93,6 +93,14 @@ class Encoder:
     for user modules (tracing would drop Python side effects of their ``forward``)."""
     _graphs: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def __repr__(self) -> str:
+        n_params = sum(p.numel() for p in self.module.parameters())
+        return (
+            f"Encoder({self.name!r}, {self.feature_dim}-d features from "
+            f"{self.input_size}x{self.input_size} px tiles, {n_params:,} parameters, "
+            f"{self.device.type} {self.precision}, weights {self.weights_source or 'unknown'})"
+        )
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_graphs"] = {}  # a frozen graph is rebuilt where the encoder lands

@@ -74,6 +74,11 @@ class MILOutput:
     attention: dict[str, Tensor]
     extra_loss: Tensor | None = None
 
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in self.outputs.items())
+        extra = "" if self.extra_loss is None else ", with extra loss"
+        return f"MILOutput({shapes}{extra})"
+
 
 def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
     """Softmax over the last dim (tiles), restricted to ``mask``; masked tiles get exactly 0.
@@ -243,6 +248,9 @@ class CLAMSB(ABMIL):
     def instance_loss(
         self, h: Tensor, scores: Tensor, mask: Tensor | None, targets: Mapping[str, Tensor] | None
     ) -> Tensor | None:
+        """``inst_weight`` x the cross-entropy of the pseudo-labelled top and bottom tiles
+        (see the class docstring), averaged over tasks; None when no bag has a known class
+        and enough tiles."""
         if not targets or not self.class_tasks:
             return None
         n_real = (

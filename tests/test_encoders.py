@@ -271,6 +271,15 @@ def test_encoder_from_module_resizes_and_normalises():
     assert encoder.name == "channel_mean" and encoder(tiles[:0]).shape == (0, 3)
 
 
+def test_repr_is_one_line_with_size_and_placement(lite0):
+    n_params = sum(p.numel() for p in lite0.module.parameters())  # 3.4 M (BN folded)
+    assert repr(lite0) == (
+        f"Encoder('efficientnet_lite0', 1280-d features from 224x224 px tiles, {n_params:,} "
+        f"parameters, cpu fp32, weights {lite0.weights_source})"
+    )
+    assert 3_000_000 < n_params < 3_500_000
+
+
 def test_preprocess_rejects_non_uint8_rgb_batches(lite0):
     with pytest.raises(ValueError, match="tile\\[None\\]"):
         lite0.preprocess(np.zeros((224, 224, 3), dtype=np.uint8))

@@ -240,3 +240,7 @@ def test_head_registration_is_checked(head_registry):
     with pytest.raises(TrainingDataError, match="models.register_head"):
         build_model("scored", DIM, TASKS)
 
+
+def test_reprs_are_one_line():
+    out = _model("abmil")(torch.randn(1, 7, DIM))
+    assert repr(out) == "MILOutput(subtype (1, 3), til_fraction (1,))"

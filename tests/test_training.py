@@ -226,6 +226,30 @@ def test_a_registered_head_trains_cross_validates_and_reloads(small, tmp_path, m
         load_checkpoint(tmp_path / "run" / "model.pt")
 
 
+def test_reprs_are_one_line_and_say_what_they_hold(small):
+    bags, labels, _ = small
+    config = TrainConfig(epochs=2, val_fraction=0, **FAST)
+    cv = cross_validate(
+        bags[:12],
+        labels.iloc[:12],
+        classify=["tumour"],
+        regress=["lymph_frac"],
+        folds=2,
+        config=config,
+        refit=True,
+        progress=False,
+    )
+    for x in (cv, cv.final, config):
+        assert "\n" not in repr(x)
+    assert repr(cv).startswith("CVResult(2 folds of 12 slides, abmil; tumour: auc_macro ")
+    assert "lymph_frac: spearman " in repr(cv) and repr(cv).endswith("final model: yes)")
+    n_params = sum(p.numel() for p in cv.final.model.parameters())
+    assert repr(cv.final).startswith(
+        f"TrainedModel(abmil on {DIM}-d features of encoder None, {n_params:,} parameters; "
+    )
+    assert "tasks: tumour (2 classes), lymph_frac (regression); best epoch 2)" in repr(cv.final)
+
+
 def test_training_is_bit_deterministic_on_cpu(small):
     bags, labels, _ = small
     config = TrainConfig(epochs=3, dropout=0.25, max_tiles=16, **FAST)

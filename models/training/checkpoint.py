@@ -37,6 +37,15 @@ class TrainedModel:
     best_epoch: int = 0
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
 
+    def __repr__(self) -> str:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        tasks = ", ".join(_task_text(t) for t in self.tasks)
+        return (
+            f"TrainedModel({self.arch} on {self.feature_dim}-d features of encoder "
+            f"{self.encoder!r}, {n_params:,} parameters; tasks: {tasks}; "
+            f"best epoch {self.best_epoch})"
+        )
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a checkpoint (torch.save of a plain dict; read with :func:`load_checkpoint`),
         atomically: a crash leaves the previous file or the new one, never a partial one."""
@@ -67,6 +76,13 @@ class TrainedModel:
     def predict(self, bags: Sequence[Any], slide_ids: Sequence[str], **kwargs: Any) -> pd.DataFrame:
         """Same as :func:`predict` with this model."""
         return predict_table(self, bags, slide_ids, **kwargs)
+
+
+def _task_text(task: TaskSpec) -> str:
+    """``type (3 classes)`` or ``immune (regression)``."""
+    if task.kind == "classification":
+        return f"{task.name} ({task.n_outputs} classes)"
+    return f"{task.name} ({task.kind})"
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> TrainedModel:

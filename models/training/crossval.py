@@ -42,6 +42,21 @@ class CVResult:
     final: TrainedModel | None = None
     reused_folds: list[int] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        headline = []
+        for task, entry in self.metrics.get("tasks", {}).items():
+            scores = [k for k in entry if k not in ("kind", "classes", "per_fold")]
+            if scores:
+                value = entry[scores[0]]
+                shown = "n/a" if value is None else f"{value:.3f}"
+                headline.append(f"{task}: {scores[0]} {shown}")
+        reused = f", reused folds {self.reused_folds}" if self.reused_folds else ""
+        return (
+            f"CVResult({self.metrics.get('folds', len(self.models))} folds of "
+            f"{len(self.folds)} slides, {self.metrics.get('model')}; {', '.join(headline)}; "
+            f"final model: {'yes' if self.final is not None else 'no'}{reused})"
+        )
+
     def summary(self) -> pd.DataFrame:
         """One row per (task, metric): mean and sample sd over folds (NaN folds skipped)."""
         rows = []
