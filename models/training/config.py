@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from models.device import PRECISIONS
 from models.errors import TrainingDataError
 
 
@@ -51,10 +52,7 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.max_tiles is None or self.max_tiles >= 1, "max_tiles must be None or >= 1"),
             (self.regression_loss in ("mse", "huber"), "regression_loss must be 'mse' or 'huber'"),
-            (
-                self.precision in ("auto", "fp32", "bf16", "fp16"),
-                "precision must be 'auto', 'fp32', 'bf16' or 'fp16'",
-            ),
+            (self.precision in PRECISIONS, "precision must be 'auto', 'fp32', 'bf16' or 'fp16'"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
         ]
         for ok, message in checks:
