@@ -6,6 +6,7 @@ Knows nothing of slide files or HDF5: it takes image batches and bags of feature
     enc = models.load_encoder("efficientnet_lite0")          # offline ImageNet weights
     feats = enc(uint8_batch)                                  # (B, 1280) float32
     cv = models.cross_validate(bags, labels, classify=["type"], regress=["immune"])
+    models.register_head("mine", MyHead)                      # then arch="mine"
     model = models.train(bags, labels, classify=["type"])
     table = models.predict(model, bags, slide_ids)
 """
@@ -33,6 +34,8 @@ _LAZY = {
     "MILModel": "models.mil",
     "TaskSpec": "models.mil",
     "build_model": "models.mil",
+    "known_heads": "models.mil",
+    "register_head": "models.mil",
     "CVResult": "models.training",
     "TrainConfig": "models.training",
     "TrainedModel": "models.training",
@@ -69,9 +72,11 @@ __all__ = [
     "cross_validate",
     "encoder_from_module",
     "known_encoders",
+    "known_heads",
     "load_checkpoint",
     "load_encoder",
     "predict",
     "register_encoder",
+    "register_head",
     "train",
 ]

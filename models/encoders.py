@@ -31,10 +31,9 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -43,19 +42,19 @@ import torch
 from torch import nn
 
 from models.cpu import keep_large_allocations
+from models.device import Precision, ResolvedPrecision, autocast, resolve_device, resolve_precision
+from models.device import cpu_has_native_bf16 as cpu_has_native_bf16  # re-exported
 from models.errors import EncoderWeightsError, HubUnavailableError, UnknownEncoderError
 from models.frozen import freeze_for_cpu
 from models.fusion import fold_batchnorm
 from models.samepad import static_same_padding
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Weights = str | os.PathLike | None
 EncoderFactory = Callable[[Weights, Mapping[str, Any]], "Encoder"]
 
 RANDOM_WEIGHTS = "random"
 """Pass as ``weights=`` for random initialisation (benchmarks, tests)."""
 
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest-exact"}
 _HUB_PROBE_TIMEOUT_S = 3.0
 
@@ -84,7 +83,7 @@ class Encoder:
     weights_source: str = ""
     """Where the weights came from: a file path, ``hf-hub:<id>``, a package, ``random``."""
     device: torch.device = torch.device("cpu")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: ResolvedPrecision = "fp32"
     """Autocast dtype of the forward pass; features are float32 whatever it is."""
     channels_last: bool = False
     cpu_graph: bool = False
@@ -93,6 +92,14 @@ class Encoder:
     activations: fewer ops per tile. On for the built-in and timm encoders; off
     for user modules (tracing would drop Python side effects of their ``forward``)."""
     _graphs: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        n_params = sum(p.numel() for p in self.module.parameters())
+        return (
+            f"Encoder({self.name!r}, {self.feature_dim}-d features from "
+            f"{self.input_size}x{self.input_size} px tiles, {n_params:,} parameters, "
+            f"{self.device.type} {self.precision}, weights {self.weights_source or 'unknown'})"
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -131,11 +138,7 @@ class Encoder:
         x = self.preprocess(batch)
         if x.shape[0] == 0:
             return torch.zeros((0, self.feature_dim), dtype=torch.float32)
-        dtype = _AUTOCAST_DTYPES.get(self.precision)
-        with (
-            torch.inference_mode(),
-            torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None),
-        ):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             features = self._forward_module(x)(x)
         features = features.flatten(1).float().cpu()
         if features.shape[1] != self.feature_dim:
@@ -278,42 +281,6 @@ def load_encoder(
             "'hf-hub:<repo>' (e.g. 'hf-hub:MahmoodLab/uni')."
         )
     return encoder.placed(device, precision, channels_last)
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """None or "auto" -> cuda if available, else mps, else cpu; otherwise ``torch.device``."""
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def resolve_precision(
-    precision: Precision, device: torch.device
-) -> Literal["fp32", "bf16", "fp16"]:
-    """The autocast precision used for ``precision`` on ``device`` ("auto" resolved)."""
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return "bf16"
-    return "fp32"
-
-
-@cache
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX); emulated bf16 is slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ an immune-fraction head want different tiles.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,8 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.errors import TrainingDataError
-
-ARCHITECTURES = ("abmil", "clam_sb", "transmil", "meanpool")
 
 TaskKind = Literal["classification", "regression"]
 
@@ -75,6 +73,11 @@ class MILOutput:
     outputs: dict[str, Tensor]
     attention: dict[str, Tensor]
     extra_loss: Tensor | None = None
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in self.outputs.items())
+        extra = "" if self.extra_loss is None else ", with extra loss"
+        return f"MILOutput({shapes}{extra})"
 
 
 def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
@@ -245,6 +248,9 @@ class CLAMSB(ABMIL):
     def instance_loss(
         self, h: Tensor, scores: Tensor, mask: Tensor | None, targets: Mapping[str, Tensor] | None
     ) -> Tensor | None:
+        """``inst_weight`` x the cross-entropy of the pseudo-labelled top and bottom tiles
+        (see the class docstring), averaged over tasks; None when no bag has a known class
+        and enough tiles."""
         if not targets or not self.class_tasks:
             return None
         n_real = (
@@ -440,12 +446,63 @@ class MeanPool(MILModel):
         return pooled.unsqueeze(1).expand(-1, t, -1), weights.unsqueeze(1).expand(-1, t, -1), None
 
 
-_CLASSES: dict[str, type[MILModel]] = {
-    "abmil": ABMIL,
-    "clam_sb": CLAMSB,
-    "transmil": TransMIL,
-    "meanpool": MeanPool,
+HeadBuilder = Callable[..., MILModel]
+"""``builder(in_dim, tasks, *, hidden, dropout, **arch_kwargs) -> MILModel``; a
+:class:`MILModel` subclass is one."""
+
+
+@dataclass(frozen=True)
+class _Head:
+    builder: HeadBuilder
+    description: str
+
+
+_HEADS: dict[str, _Head] = {
+    cls.arch: _Head(cls, description)
+    for cls, description in (
+        (ABMIL, "gated attention"),
+        (CLAMSB, "gated attention plus CLAM's instance clustering loss"),
+        (TransMIL, "self-attention with a class token per task"),
+        (MeanPool, "mean of the tiles, a baseline"),
+    )
 }
+
+ARCHITECTURES: tuple[str, ...] = tuple(_HEADS)
+"""The built-in MIL heads; :func:`known_heads` adds those registered with
+:func:`register_head`."""
+
+
+def register_head(name: str, builder: HeadBuilder, *, description: str = "") -> None:
+    """Make ``name`` a MIL head: :func:`build_model`, ``models.train(..., arch=name)`` and
+    ``models.cross_validate`` then build it with ``builder(in_dim, tasks, *, hidden,
+    dropout, **arch_kwargs)``, which returns a :class:`MILModel` (a subclass that implements
+    :meth:`MILModel.pool`, or the subclass itself). A checkpoint stores the name, not the
+    code: register the head again in a process that loads one. Re-registering a name of
+    yours replaces it; the built-in names (:data:`ARCHITECTURES`) cannot be replaced.
+    ``description`` (one line) is shown where heads are listed.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise TrainingDataError(f"a MIL head name must be a non-empty string, got {name!r}")
+    if name in ARCHITECTURES:
+        raise TrainingDataError(
+            f"{name!r} is a built-in MIL head and cannot be replaced: register yours under "
+            "another name"
+        )
+    if not callable(builder):
+        raise TrainingDataError(
+            f"the builder of MIL head {name!r} must be callable, got {type(builder).__name__}"
+        )
+    _HEADS[name] = _Head(builder, " ".join(description.split()))
+
+
+def known_heads() -> list[str]:
+    """Names of the MIL heads: the built-ins, then those registered with :func:`register_head`
+    in the order they were registered."""
+    return list(_HEADS)
+
+
+def _describe_heads() -> str:
+    return "; ".join(f"{n}: {h.description}" if h.description else n for n, h in _HEADS.items())
 
 
 def build_model(
@@ -456,13 +513,21 @@ def build_model(
     dropout: float = 0.25,
     **arch_kwargs: object,
 ) -> MILModel:
-    """Build a MIL head by name (one of :data:`ARCHITECTURES`) for ``in_dim``-d tile features.
+    """Build a MIL head by name (one of :func:`known_heads`) for ``in_dim``-d tile features.
 
     ``arch_kwargs`` go to the head: ``attn_dim`` (abmil, clam_sb), ``k_sample``,
     ``inst_weight``, ``subtyping`` (clam_sb), ``heads``, ``ppeg`` (transmil).
     """
-    if arch not in _CLASSES:
+    head = _HEADS.get(arch)
+    if head is None:
         raise TrainingDataError(
-            f"unknown MIL architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+            f"unknown MIL architecture {arch!r}; choose one of {', '.join(_HEADS)} "
+            f"({_describe_heads()}), or add yours with models.register_head"
         )
-    return _CLASSES[arch](in_dim, tasks, hidden=hidden, dropout=dropout, **arch_kwargs)
+    model = head.builder(in_dim, tasks, hidden=hidden, dropout=dropout, **arch_kwargs)
+    if not isinstance(model, MILModel):
+        raise TrainingDataError(
+            f"the builder of MIL head {arch!r} returned a {type(model).__name__}, not a "
+            "models.MILModel: subclass MILModel and implement pool()"
+        )
+    return model

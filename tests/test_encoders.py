@@ -131,9 +131,9 @@ def test_bf16_features_agree_with_fp32_on_real_tiles(lite0):
 
 def test_auto_precision_on_cpu_is_bf16_only_with_native_support(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr("models.encoders.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("models.device.cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr("models.encoders.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("models.device.cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
     assert resolve_precision("fp32", cpu) == "fp32"
     with pytest.raises(ValueError, match="precision"):
@@ -275,6 +275,15 @@ def test_encoder_from_module_resizes_and_normalises():
     expected1 = [(0.5 - m) / s for m, s in zip(mean, std, strict=True)]  # half white on average
     torch.testing.assert_close(features[1], torch.tensor(expected1), atol=1e-3, rtol=0)
     assert encoder.name == "channel_mean" and encoder(tiles[:0]).shape == (0, 3)
+
+
+def test_repr_is_one_line_with_size_and_placement(lite0):
+    n_params = sum(p.numel() for p in lite0.module.parameters())  # 3.4 M (BN folded)
+    assert repr(lite0) == (
+        f"Encoder('efficientnet_lite0', 1280-d features from 224x224 px tiles, {n_params:,} "
+        f"parameters, cpu fp32, weights {lite0.weights_source})"
+    )
+    assert 3_000_000 < n_params < 3_500_000
 
 
 def test_preprocess_rejects_non_uint8_rgb_batches(lite0):

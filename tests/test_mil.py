@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
+import models
+from models import mil
 from models.errors import TrainingDataError
 from models.mil import (
     ARCHITECTURES,
@@ -12,8 +15,11 @@ from models.mil import (
     TaskSpec,
     TransMIL,
     build_model,
+    known_heads,
     masked_softmax,
+    register_head,
 )
+from tests.tiny_heads import ScoredPool
 
 TASKS = (
     TaskSpec("subtype", "classification", ["a", "b", "c"]),
@@ -199,3 +205,42 @@ def test_bad_names_are_refused():
         TaskSpec("x", "classification", ["only"])
     with pytest.raises(TrainingDataError, match="unique"):
         build_model("abmil", DIM, [TASKS[1], TASKS[1]])
+
+
+@pytest.fixture
+def head_registry(monkeypatch):
+    """Heads registered in a test stay in that test."""
+    monkeypatch.setattr(mil, "_HEADS", dict(mil._HEADS))
+
+
+def test_registered_head_is_listed_and_built_with_its_kwargs(head_registry):
+    assert known_heads() == list(ARCHITECTURES) == ["abmil", "clam_sb", "transmil", "meanpool"]
+    models.register_head("scored", ScoredPool, description="one score per tile")
+    assert models.known_heads() == [*ARCHITECTURES, "scored"]
+    torch.manual_seed(0)
+    model = models.build_model("scored", DIM, TASKS, hidden=8, scale=2.0)
+    assert isinstance(model, ScoredPool) and model.scale == 2.0
+    x, mask = _padded([torch.randn(5, DIM), torch.randn(3, DIM)])
+    out = model.eval()(x, mask)
+    assert out.outputs["subtype"].shape == (2, 3) and out.outputs["til_fraction"].shape == (2,)
+    assert torch.allclose(out.attention["subtype"].sum(1), torch.ones(2))
+    assert out.attention["subtype"][1, 3:].abs().max() == 0  # padding gets no attention
+    with pytest.raises(TrainingDataError, match="scored: one score per tile"):
+        build_model("nope", DIM, TASKS)
+
+
+def test_head_registration_is_checked(head_registry):
+    with pytest.raises(TrainingDataError, match="built-in"):
+        register_head("abmil", ScoredPool)
+    with pytest.raises(TrainingDataError, match="callable"):
+        register_head("x", "ScoredPool")
+    register_head("linear", lambda in_dim, tasks, **kw: nn.Linear(in_dim, 1))
+    with pytest.raises(TrainingDataError, match="returned a Linear, not a models.MILModel"):
+        build_model("linear", DIM, TASKS)
+    with pytest.raises(TrainingDataError, match="models.register_head"):
+        build_model("scored", DIM, TASKS)
+
+
+def test_reprs_are_one_line():
+    out = _model("abmil")(torch.randn(1, 7, DIM))
+    assert repr(out) == "MILOutput(subtype (1, 3), til_fraction (1,))"

@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 import torch
 
+import models
+from models import mil
 from models.atomic import HOST
 from models.errors import CheckpointError, TrainingDataError
 from models.metrics import auc_macro, balanced_accuracy, regression_metrics, spearman
@@ -25,15 +27,15 @@ from models.mil import ARCHITECTURES, TaskSpec, build_model
 from models.training import (
     CHECKPOINT_VERSION,
     TrainConfig,
-    _batch,
-    _batch_loss,
-    _class_weights,
     assign_folds,
     cross_validate,
     load_checkpoint,
     predict,
     train,
 )
+from models.training.bags import _batch
+from models.training.losses import _batch_loss, _class_weights
+from tests.tiny_heads import ScoredPool
 
 DIM = 32
 FAST = {"hidden": 64, "lr": 1e-3, "batch_size": 8}
@@ -186,6 +188,69 @@ def test_every_head_trains_saves_loads_and_predicts_identically(arch, small, tmp
     assert set(maps) == {"tumour", "lymph_frac"}
     assert maps["tumour"].shape == (len(bags[0]),)
     assert maps["tumour"].sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_registered_head_trains_cross_validates_and_reloads(small, tmp_path, monkeypatch):
+    monkeypatch.setattr(mil, "_HEADS", dict(mil._HEADS))  # the registration ends with the test
+    models.register_head("scored", ScoredPool, description="one score per tile")
+    bags, labels, keys = small
+    config = TrainConfig(epochs=12, val_fraction=0, arch_kwargs={"scale": 2.0}, **FAST)
+    cv = cross_validate(
+        bags,
+        labels,
+        classify=["tumour"],
+        folds=3,
+        arch="scored",
+        config=config,
+        out_dir=tmp_path / "run",
+        refit=True,
+        progress=False,
+    )
+    assert cv.metrics["model"] == "scored"
+    assert cv.metrics["tasks"]["tumour"]["auc_macro"] > 0.8  # measured 0.87; chance 0.5
+    assert all(isinstance(m.model, ScoredPool) and m.model.scale == 2.0 for m in cv.models)
+    loaded = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert loaded.arch == "scored" and loaded.model.scale == 2.0
+    pd.testing.assert_frame_equal(
+        predict(loaded, bags, labels.slide_id), predict(cv.final, bags, labels.slide_id)
+    )
+    # the head learnt to look at the key tiles of a tumour slide
+    maps = loaded.attention(bags[1])
+    assert maps["tumour"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert maps["tumour"][keys[1]].sum() > 0.5
+
+    model = models.train(
+        bags, labels, classify=["tumour"], arch="scored", config=config, progress=False
+    )
+    assert isinstance(model.model, ScoredPool) and len(model.curves) == 12
+
+    monkeypatch.delitem(mil._HEADS, "scored")  # a process that did not register it
+    with pytest.raises(CheckpointError, match=r"models\.register_head\('scored', builder\)"):
+        load_checkpoint(tmp_path / "run" / "model.pt")
+
+
+def test_reprs_are_one_line_and_say_what_they_hold(small):
+    bags, labels, _ = small
+    config = TrainConfig(epochs=2, val_fraction=0, **FAST)
+    cv = cross_validate(
+        bags[:12],
+        labels.iloc[:12],
+        classify=["tumour"],
+        regress=["lymph_frac"],
+        folds=2,
+        config=config,
+        refit=True,
+        progress=False,
+    )
+    for x in (cv, cv.final, config):
+        assert "\n" not in repr(x)
+    assert repr(cv).startswith("CVResult(2 folds of 12 slides, abmil; tumour: auc_macro ")
+    assert "lymph_frac: spearman " in repr(cv) and repr(cv).endswith("final model: yes)")
+    n_params = sum(p.numel() for p in cv.final.model.parameters())
+    assert repr(cv.final).startswith(
+        f"TrainedModel(abmil on {DIM}-d features of encoder None, {n_params:,} parameters; "
+    )
+    assert "tasks: tumour (2 classes), lymph_frac (regression); best epoch 2)" in repr(cv.final)
 
 
 def test_training_is_bit_deterministic_on_cpu(small):
