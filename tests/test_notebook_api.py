@@ -137,3 +137,18 @@ def test_import_and_cli_help_load_no_heavy_module():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    assert wsi.__version__ == version("wsi")
+
+
+def test_cli_head_names_come_from_the_registry(capsys):
+    from models.mil import known_heads
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--features", "f", "--labels", "l.csv", "--out", "r", "--model", "nope"])
+    assert exit_info.value.code == 2
+    assert ", ".join(known_heads()) in capsys.readouterr().err

@@ -71,6 +71,10 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from models.version import library_version
+
+        return library_version()
     if name in _LAZY:
         import importlib
 
@@ -83,8 +87,6 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(__all__)
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BagSequence",

@@ -14,10 +14,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.defaults import DEFAULT_ENCODER, DEFAULT_HEAD
+
 if TYPE_CHECKING:
     from wsi.options import TileOptions
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _head_name(name: str) -> str:
+    """``--model``: a name in the MIL head registry (loaded only when the flag is given)."""
+    from models.mil import known_heads
+
+    if name not in known_heads():
+        raise argparse.ArgumentTypeError(
+            f"unknown MIL head {name!r}; known: {', '.join(known_heads())} "
+            "(add one with models.register_head)")
+    return name
 
 
 def _add_option_flags(
@@ -79,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="tile + encode: features/{encoder}/*.h5, patches/, qc/, manifest")
     p.add_argument("slides", nargs="+", metavar="SLIDES", help="files, folders or globs")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--encoder", default="efficientnet_lite0",
-                   help="efficientnet_lite0 (default, offline), resnet50_trunc, timm:<name>, hf-hub:<repo>")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER,
+                   help="%(default)s (default, offline), resnet50_trunc, timm:<name>, hf-hub:<repo>, "
+                        "or a name in models.known_encoders()")
     p.add_argument("--weights", default=None, help="local weights file (.safetensors/.pth/.bin)")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (default 64)")
     p.add_argument("--workers", type=int, default=None,
@@ -108,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", required=True, type=Path, help="OUT/features/<encoder> folder")
     p.add_argument("--labels", required=True, type=Path, help="CSV with slide_id[, patient_id]")
     p.add_argument("--out", required=True, type=Path, help="run folder")
-    p.add_argument("--model", default="abmil", choices=["abmil", "clam_sb", "transmil", "meanpool"])
+    p.add_argument("--model", default=DEFAULT_HEAD, type=_head_name, metavar="HEAD",
+                   help="MIL head, a name in models.known_heads() (default %(default)s; built in: "
+                        "abmil, clam_sb, transmil, meanpool); heads added with "
+                        "models.register_head train from Python: wsi.train_run(..., arch=NAME)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     p.add_argument("--classify", action="append", default=[], metavar="COL",
                    help="a categorical target column (repeatable)")

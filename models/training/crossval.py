@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from models.atomic import write_text_atomic
+from models.defaults import DEFAULT_HEAD
 from models.metrics import classification_metrics, regression_metrics
 from models.mil import TaskSpec
 from models.training.bags import _feature_dim
@@ -92,7 +93,7 @@ def cross_validate(
     classify: Sequence[str] = (),
     regress: Sequence[str] = (),
     folds: int = 5,
-    arch: str = "abmil",
+    arch: str = DEFAULT_HEAD,
     config: TrainConfig | None = None,
     patient_col: str = "patient_id",
     out_dir: str | os.PathLike[str] | None = None,

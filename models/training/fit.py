@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from models.defaults import DEFAULT_HEAD
 from models.device import ResolvedPrecision, autocast, resolve_device, resolve_precision
 from models.errors import TrainingDataError
 from models.mil import MILModel, TaskSpec, build_model
@@ -231,7 +232,7 @@ def train(
     *,
     classify: Sequence[str] = (),
     regress: Sequence[str] = (),
-    arch: str = "abmil",
+    arch: str = DEFAULT_HEAD,
     config: TrainConfig | None = None,
     encoder: str | None = None,
     patient_col: str = "patient_id",

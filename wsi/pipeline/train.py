@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from models.defaults import DEFAULT_HEAD
 from wsi.cohort import Cohort, load_cohort
 from wsi.errors import LabelsError
 
@@ -28,7 +29,7 @@ def train_run(
     *,
     classify: Sequence[str] = (),
     regress: Sequence[str] = (),
-    arch: str = "abmil",
+    arch: str = DEFAULT_HEAD,
     folds: int = 5,
     config: Any = None,
     progress: bool = True,
