@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -133,48 +133,3 @@ class RowRecorder:
         if self.manifest is not None:
             self.manifest.flush()
         self._bar.close()
-
-
-def run_batch(
-    slides: Sequence[Path],
-    job: Any,
-    manifest: Manifest,
-    *,
-    progress: bool = True,
-    debug: bool = False,
-    desc: str = "slides",
-) -> list[dict[str, Any]]:
-    """Run ``job(path) -> manifest row`` on each slide, recording every outcome.
-
-    An exception becomes a ``failed`` row with a one-line error, printed as
-    ``slide_id: failed: message``; with ``debug`` the traceback is printed too.
-    KeyboardInterrupt stops the batch.
-    """
-    import traceback
-
-    from tqdm.auto import tqdm
-
-    rows = []
-    seen: dict[str, Path] = {}
-    bar = tqdm(slides, desc=desc, unit="slide", disable=not progress, dynamic_ncols=True)
-    for path in bar:
-        bar.set_postfix_str(path.name[:40])
-        start = time.perf_counter()
-        sid = slide_id_of(path)
-        if sid in seen:
-            row = duplicate_id_row(path, seen[sid])
-        else:
-            seen[sid] = path
-            try:
-                row = job(path)
-            except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
-                row = manifest_row(
-                    path, "failed", seconds=time.perf_counter() - start, error=failure_message(exc)
-                )
-                if debug:
-                    tqdm.write(traceback.format_exc())
-        if row["status"] == "failed":
-            tqdm.write(f"{row['slide_id']}: failed: {row['error']}")
-        manifest.update(row)
-        rows.append(row)
-    return rows
