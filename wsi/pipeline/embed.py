@@ -107,6 +107,7 @@ def embed_archive(
     ``backend="ray"`` runs one Ray task per slide on a cluster (``ray``: address, retries,
     CPUs/GPUs per task; see :mod:`wsi.pipeline.ray_runner`); the files written are the same.
     Several runs may share one output folder: each slide is processed under a lock.
+    The keywords make an :class:`EmbedSettings`; :func:`run_embedding` takes one directly.
     """
     settings = EmbedSettings(
         tiling=tiling or TileOptions(), encoder=encoder, weights=weights, batch_size=batch_size,

@@ -11,11 +11,16 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi.errors import InvalidParameterError
 from wsi.io.slide import quickhash
 from wsi.tiling import TileOptions
+
+if TYPE_CHECKING:  # models.encoders imports torch: loaded when an encoder is needed
+    import torch
+
+    from models.encoders import Encoder
 
 DEFAULT_ENCODER = "efficientnet_lite0"
 """The encoder of ``wsi embed`` and ``embed_archive`` when none is named."""
@@ -26,7 +31,10 @@ def encoder_dirname(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-")
 
 
-def resolve_encoder(encoder: Any, weights: Any, device: str | None, precision: str) -> Any:
+def resolve_encoder(
+    encoder: str | Encoder, weights: str | os.PathLike[str] | None, device: str | None,
+    precision: str,
+) -> Encoder:
     """An ``Encoder`` object as it is, or a name loaded with ``models.load_encoder``."""
     from models.encoders import Encoder, load_encoder
 
@@ -65,7 +73,7 @@ class EmbedSettings:
     """
 
     tiling: TileOptions = field(default_factory=TileOptions)
-    encoder: Any = DEFAULT_ENCODER
+    encoder: str | Encoder = DEFAULT_ENCODER
     weights: str | os.PathLike[str] | None = None
     batch_size: int = 64
     device: str | None = None
@@ -135,18 +143,18 @@ class EmbedSettings:
             "weights": self.weights_key() if weights_key is None else weights_key,
         }
 
-    def load_encoder(self) -> Any:
+    def load_encoder(self) -> Encoder:
         """The ``Encoder`` to run: the object given, or the name loaded on ``device``."""
         return resolve_encoder(self.encoder, self.weights, self.device, self.precision)
 
-    def encoder_device(self, loaded: Any = None) -> Any:
+    def encoder_device(self, loaded: Encoder | None = None) -> torch.device:
         """The ``torch.device`` the encoder runs on (``loaded``: an encoder already placed)."""
         from models.encoders import resolve_device
 
         return (getattr(loaded, "device", None) or getattr(self.encoder, "device", None)
                 or resolve_device(self.device))
 
-    def reader_workers(self, loaded: Any = None) -> int:
+    def reader_workers(self, loaded: Encoder | None = None) -> int:
         """Patch-reader processes: ``workers``, or the default for the encoder's device."""
         from wsi.pipeline.loader import default_workers
 

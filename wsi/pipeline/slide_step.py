@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi.pipeline.batch import RowRecorder
 from wsi.pipeline.local_runner import LocalRunner
 from wsi.pipeline.settings import EmbedSettings
+
+if TYPE_CHECKING:
+    from models.encoders import Encoder
 
 
 def embed_slide(
@@ -28,7 +31,7 @@ def embed_slide(
     out_dir: str | os.PathLike[str],
     settings: EmbedSettings | None = None,
     *,
-    encoder: Any = None,
+    encoder: Encoder | None = None,
 ) -> dict[str, Any]:
     """Tile and embed one slide into ``out_dir`` under its lock; return its manifest row.
 
