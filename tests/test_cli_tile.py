@@ -1,6 +1,8 @@
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -116,3 +118,93 @@ def test_duplicate_slide_ids_fail_the_second_slide(tmp_path):
     row = read_manifest(out)["same"]
     assert row["status"] == "failed" and "duplicate slide id 'same'" in row["error"]
     assert str(tmp_path / "a" / "same.tiff") in row["error"]
+
+
+def _tile_process(slides, out, log, ready, go):
+    """``wsi tile`` in a child whose tiling of each slide is logged ("pid slide_id") and
+    slowed (0.3 s), started together with its sibling through the ``ready``/``go`` files."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    script = (
+        f"import os, sys, time, pathlib\nsys.path.insert(0, {repo!r})\n"
+        "import wsi.pipeline.tile as t\nreal = t.tile_slide\n"
+        "def logged(path, options):\n"
+        f"    with open({str(log)!r}, 'a') as f:\n"
+        "        f.write(f'{os.getpid()} {path.stem}\\n')\n"
+        "    time.sleep(0.3)\n    return real(path, options)\n"
+        "t.tile_slide = logged\nfrom wsi.cli import main\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        f"while not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.01)\n"
+        f"sys.exit(main(['tile', {str(slides)!r}, '--out', {str(out)!r}, '--quiet']))"
+    )
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_tile_runs_on_one_folder_tile_every_slide_once(tmp_path):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for i, base in enumerate([0.25, 0.5, 0.5, 0.25, 0.5, 0.5]):
+        write_reference_slide(slides / f"s{i}.tiff", base)
+    out, log, go = tmp_path / "out", tmp_path / "tiled.log", tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(2)]
+    procs = [_tile_process(slides, out, log, ready[i], go) for i in range(2)]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    tiled = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(sid for _, sid in tiled) == [f"s{i}" for i in range(6)]  # each slide once
+    assert len({pid for pid, _ in tiled}) == 2  # and both runs did part of the work
+    rows = read_manifest(out)
+    assert {k: (v["status"], int(v["n_tiles"])) for k, v in rows.items()} == {
+        f"s{i}": ("ok", TISSUE_TILES) for i in range(6)}
+    assert [p for p in out.rglob(".*") if p.is_file() and ".locks" not in p.parts] == []
+
+
+def _outputs(out):
+    return {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")
+            if p.is_file() and ".locks" not in p.parts and p.name != "manifest.csv"}
+
+
+def test_a_second_tile_run_re_tiles_nothing_and_keeps_the_rows(archive, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert main(["tile", str(archive), "--out", str(out), "--quiet"]) == 1
+    first_rows, first_files = read_manifest(out), _outputs(out)
+    assert first_rows["good40"]["status"] == "ok" and first_rows["blank"]["status"] == "no_tissue"
+
+    import wsi.pipeline.tile as tile_module
+
+    real_tile_slide = tile_module.tile_slide
+    tiled = []
+
+    def counting(path, options):
+        tiled.append(path.stem)
+        return real_tile_slide(path, options)
+
+    monkeypatch.setattr(tile_module, "tile_slide", counting)
+    assert main(["tile", str(archive), "--out", str(out), "--quiet"]) == 1
+    # only the failed slides are tried again; the others answer from their patches files
+    assert sorted(tiled) == ["empty", "folder", "nompp", "text"]
+    assert _outputs(out) == first_files
+    again = read_manifest(out)
+    for sid in ("good40", "good20", "blank"):  # seconds included: the rows are kept
+        assert again[sid] == first_rows[sid]
+    for sid in ("empty", "folder", "nompp", "text"):  # failed again, same message
+        assert (again[sid]["status"], again[sid]["error"]) == ("failed", first_rows[sid]["error"])
+
+    tiled.clear()
+    assert main(["tile", str(archive / "good40.tiff"), "--out", str(out), "--quiet",
+                 "--size", "112"]) == 0  # other options: tiled again
+    assert tiled == ["good40"]
+    with h5py.File(out / "patches" / "good40.h5") as f:
+        assert f["coords"].attrs["target_patch_size"] == 112
+    assert read_manifest(out)["good40"]["n_tiles"] != first_rows["good40"]["n_tiles"]
+
+    tiled.clear()
+    assert main(["tile", str(archive / "good20.svs"), "--out", str(out), "--quiet",
+                 "--redo"]) == 0
+    assert tiled == ["good20"]
+    assert _outputs(out)[Path("patches/good20.h5")] != first_files[Path("patches/good20.h5")]

@@ -74,7 +74,7 @@ def test_archive_files_in_clam_layout_and_skip_done(archive, tmp_path, monkeypat
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded when every slide is done")
 
-    monkeypatch.setattr("wsi.pipeline.embed._resolve_encoder", no_model)
+    monkeypatch.setattr("wsi.pipeline.settings.resolve_encoder", no_model)
     rows = embed_archive([archive], out, encoder="tiny", workers=0, progress=False)
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "features" / "tiny").iterdir()} == mtimes
@@ -199,7 +199,7 @@ def test_a_corrupt_tile_is_skipped_and_counted(tmp_path):
 
 
 def test_a_slide_whose_qc_cannot_be_written_fails_without_features(archive, tmp_path, monkeypatch):
-    import wsi.pipeline.embed as embed_module
+    import wsi.pipeline.local_runner as embed_module
 
     real_write_qc = embed_module.write_qc
 

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slides", nargs="+", metavar="SLIDES", help="files, folders or globs")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _add_tiling_args(p)
+    p.add_argument("--redo", action="store_true", help="re-tile slides already tiled")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_tile)
 
@@ -180,7 +181,8 @@ def cmd_tile(args: argparse.Namespace) -> int:
     options = _tiling_options(args)
     options.check()
     rows = tile_archive(
-        find_slides(args.slides), args.out, options, progress=not args.quiet, debug=args.debug
+        find_slides(args.slides), args.out, options, skip_done=not args.redo,
+        progress=not args.quiet, debug=args.debug,
     )
     return _finish(rows, args.out)
 

@@ -1,8 +1,9 @@
-"""Batches of slides: finding them and running one job per slide.
+"""Batches of slides: finding them, and the rows a batch run records.
 
 A batch never dies because one slide is bad: each slide's expected failures
 (:class:`wsi.errors.WsiError`, OS errors) become a manifest row with status ``failed``
-and a one-line error; the others still run.
+and a one-line error; the others still run. Which slides a run does is decided by
+:func:`wsi.pipeline.plan.plan_slides`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import glob
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from wsi.io.slide import slide_id_of
+from wsi.io.slide import display_path, slide_id_of
+from wsi.store.folder import remove_stale_temporaries
 from wsi.store.manifest import Manifest, manifest_row
 
 SLIDE_EXTENSIONS = frozenset(
@@ -68,46 +70,66 @@ def failure_message(exc: BaseException) -> str:
     return f"internal error {type(exc).__name__}: {exc} (re-run with --debug for the traceback)"
 
 
-def run_batch(
-    slides: Sequence[Path],
-    job: Any,
-    manifest: Manifest,
-    *,
-    progress: bool = True,
-    debug: bool = False,
-    desc: str = "slides",
-) -> list[dict[str, Any]]:
-    """Run ``job(path) -> manifest row`` on each slide, recording every outcome.
+def failed_row(path: Path, exc: BaseException, started: float, debug: bool = False) -> dict[str, Any]:
+    """The ``failed`` row of a slide whose step raised ``exc`` (``started``: its
+    ``time.perf_counter()`` start); with ``debug`` the traceback is printed too."""
+    if debug:
+        import traceback
 
-    An exception becomes a ``failed`` row with a one-line error, printed as
-    ``slide_id: failed: message``; with ``debug`` the traceback is printed too.
-    KeyboardInterrupt stops the batch.
-    """
-    import traceback
+        from tqdm.auto import tqdm
 
-    from tqdm.auto import tqdm
+        tqdm.write(traceback.format_exc())
+    return manifest_row(
+        path, "failed", seconds=time.perf_counter() - started, error=failure_message(exc))
 
-    rows = []
-    seen: dict[str, Path] = {}
-    bar = tqdm(slides, desc=desc, unit="slide", disable=not progress, dynamic_ncols=True)
-    for path in bar:
-        bar.set_postfix_str(path.name[:40])
-        start = time.perf_counter()
-        sid = slide_id_of(path)
-        if sid in seen:
-            row = duplicate_id_row(path, seen[sid])
-        else:
-            seen[sid] = path
-            try:
-                row = job(path)
-            except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
-                row = manifest_row(
-                    path, "failed", seconds=time.perf_counter() - start, error=failure_message(exc)
-                )
-                if debug:
-                    tqdm.write(traceback.format_exc())
+
+def clean_output_folder(out_dir: Path, features_dir: Path | None = None) -> None:
+    """Delete temporaries that dead processes of this host left in an output folder."""
+    for folder in (out_dir / "patches", features_dir, out_dir / "qc", out_dir):
+        if folder is not None:
+            remove_stale_temporaries(folder)
+
+
+class RowRecorder:
+    """The rows of one batch run, by slide index: each saved to the manifest (when there is
+    one), a failure printed as ``slide_id: failed: message``, counted on the slides bar."""
+
+    def __init__(
+        self, manifest: Manifest | None, total: int, *, progress: bool = True,
+        desc: str = "slides", position: int | None = None,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        self.manifest = manifest
+        self.rows: dict[int, dict[str, Any]] = {}
+        self._bar = tqdm(total=total, desc=desc, unit="slide", disable=not progress,
+                         position=position, dynamic_ncols=True)
+
+    def __repr__(self) -> str:
+        failed = sum(r["status"] == "failed" for r in self.rows.values())
+        return f"RowRecorder({len(self.rows)} rows, {failed} failed, manifest {self.manifest is not None})"
+
+    def record(self, index: int, row: dict[str, Any], *, weak: bool = False) -> None:
+        """Keep ``row`` as slide ``index``'s; ``weak``: a slide found done (see ``Manifest``)."""
+        from tqdm.auto import tqdm
+
+        self.rows[index] = row
+        if self.manifest is not None:
+            self.manifest.update(row, weak=weak)
         if row["status"] == "failed":
             tqdm.write(f"{row['slide_id']}: failed: {row['error']}")
-        manifest.update(row)
-        rows.append(row)
-    return rows
+        self._bar.update(1)
+
+    def working_on(self, path: Path) -> None:
+        """Show the slide being processed next to the bar."""
+        self._bar.set_postfix_str(display_path(path.name)[:40])
+
+    def ordered(self) -> list[dict[str, Any]]:
+        """The rows in slide order."""
+        return [self.rows[i] for i in sorted(self.rows)]
+
+    def close(self) -> None:
+        """Save what the manifest has not saved yet; close the bar."""
+        if self.manifest is not None:
+            self.manifest.flush()
+        self._bar.close()

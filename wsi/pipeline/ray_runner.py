@@ -1,12 +1,13 @@
 """Embed an archive across a Ray cluster: one Ray task per slide.
 
 The driver (the process that calls ``embed_archive(..., backend="ray")`` or
-``wsi embed --ray``) finds the slides, answers the ones already embedded from their feature
-files (the same provenance check as the local backend, without loading the model), submits
-one task per remaining slide and writes ``manifest.csv`` as results come back. A task runs
-the local pipeline on its one slide inside a Ray worker (:class:`wsi.pipeline.embed._ArchiveRun`,
-under the slide's lock), so it writes exactly the files the local backend writes into the
-shared output folder. Workers keep the loaded encoder between their tasks.
+``wsi embed --ray``) runs the same plan as the local backend (:func:`wsi.pipeline.plan.
+plan_slides`: duplicate ids, slides already embedded answered from their feature files
+without loading the model), submits one task per remaining slide and writes
+``manifest.csv`` as results come back. A task runs the public per-slide step
+(:func:`wsi.pipeline.slide_step.embed_slide`, under the slide's lock) inside a Ray worker,
+so it writes exactly the files the local backend writes into the shared output folder.
+Workers keep the loaded encoder between their tasks.
 
 A task whose worker dies (killed, out of memory, node lost) or that raises is retried up to
 ``retries`` times, then recorded ``failed``; a bad slide is a ``failed`` row at once, as
@@ -18,11 +19,17 @@ Slides and the output folder must be on a filesystem every node sees at the same
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi.errors import BackendUnavailableError, InvalidParameterError
+
+if TYPE_CHECKING:  # the runner's modules import torch: loaded when a run starts
+    from wsi.pipeline.plan import Plan
+    from wsi.pipeline.settings import EmbedSettings
+    from wsi.store.manifest import Manifest
 
 INSTALL_HINT = 'pip install "wsi[ray]"'
 
@@ -132,36 +139,24 @@ def _worker_encoder(encoder: Any, weights: Any, device: str, precision: str) -> 
 
 
 def embed_slide_task(
-    path: str,
-    out: str,
-    encoder: Any,
-    encoder_name: str,
-    weights: Any,
-    tiling: Any,
-    batch_size: int,
-    device: str,
-    precision: str,
-    skip_done: bool,
-    max_failed_fraction: float,
-    cpus: float,
+    path: str, out: str, settings: EmbedSettings, encoder: Any, cpus: float
 ) -> dict[str, Any]:
-    """What one Ray task runs: the local pipeline on one slide; returns its manifest row."""
-    from wsi.pipeline.embed import _ArchiveRun
+    """What one Ray task runs: :func:`~wsi.pipeline.slide_step.embed_slide` on one slide with
+    this worker's cached encoder (``encoder``: a name, or the ``Encoder`` object shipped once
+    through Ray's object store; ``settings.device`` is the task's placement)."""
     from wsi.pipeline.loader import default_workers
+    from wsi.pipeline.slide_step import embed_slide
 
+    device = settings.device or "cpu"
     threads = max(1, int(cpus))
     if device == "cpu":
         import torch
 
         torch.set_num_threads(threads)
-    loaded = _worker_encoder(encoder, weights, device, precision)
+    loaded = _worker_encoder(encoder, settings.weights, device, settings.precision)
     workers = 0 if device == "cpu" else min(default_workers(device), max(0, threads - 1))
-    run = _ArchiveRun(
-        [Path(path)], Path(out), encoder_name, weights, tiling, batch_size, workers, device,
-        precision, progress=False, debug=False, skip_done=skip_done,
-        max_failed_fraction=max_failed_fraction, task_of_driver=True, loaded_encoder=loaded,
-    )
-    return run.run()[0]
+    task_settings = replace(settings, workers=workers, progress=False, debug=False)
+    return embed_slide(path, out, task_settings, encoder=loaded)
 
 
 def _gave_up_row(path: Path, exc: BaseException, attempts: int) -> dict[str, Any]:
@@ -176,86 +171,65 @@ def _gave_up_row(path: Path, exc: BaseException, attempts: int) -> dict[str, Any
     )
 
 
-def run_on_ray(run: Any, options: RayOptions) -> list[dict[str, Any]]:
-    """Run an ``_ArchiveRun``'s slides as Ray tasks; its manifest is written here."""
-    from tqdm.auto import tqdm
+def _run_tasks(
+    ray: Any,
+    items: Iterator[tuple[int, Path]],
+    submit: Callable[[Path], Any],
+    record: Callable[[int, dict[str, Any]], None],
+    max_pending: int,
+    attempts: int,
+) -> None:
+    """Keep up to ``max_pending`` tasks in flight; record each result as it comes back."""
+    pending: dict[Any, tuple[int, Path]] = {}
+    try:
+        while True:
+            while len(pending) < max_pending and (item := next(items, None)) is not None:
+                pending[submit(item[1])] = item
+            if not pending:
+                return
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                index, path = pending.pop(ref)
+                try:
+                    row = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    row = _gave_up_row(path, exc, attempts)
+                record(index, row)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
 
-    from wsi.io.slide import slide_id_of
-    from wsi.pipeline.batch import duplicate_id_row, failure_message
-    from wsi.store.manifest import manifest_row
+
+def run_on_ray(
+    plan: Plan, out_dir: Path, settings: EmbedSettings, options: RayOptions,
+    manifest: Manifest | None,
+) -> list[dict[str, Any]]:
+    """Run a plan's slides as Ray tasks, one per slide; return one row per slide (in order),
+    each also saved to ``manifest`` (here, on the driver)."""
+    from wsi.pipeline.batch import RowRecorder, clean_output_folder
 
     ray = import_ray()
     if options.retries < 0:
         raise InvalidParameterError(f"retries must be ≥ 0, got {options.retries}")
     started_here = _connect(ray, options.address)
     try:
-        place = _placement(ray, options, run.device)
-        run.clean_folders()
-        encoder = run.encoder_arg if isinstance(run.encoder_arg, str) else ray.put(run.encoder_arg)
+        place = _placement(ray, options, settings.device)
+        clean_output_folder(out_dir, settings.features_dir(out_dir))
+        # an Encoder object travels once through the object store; the settings carry its name
+        encoder = settings.encoder if isinstance(settings.encoder, str) else ray.put(settings.encoder)
+        shipped = replace(settings, encoder=settings.encoder_name, device=place.device)
         task = ray.remote(embed_slide_task).options(
             num_cpus=place.cpus, num_gpus=place.gpus, max_retries=options.retries,
             retry_exceptions=True, name="wsi-embed-slide",
         )
-        max_pending = options.max_pending or 2 * place.slots
-        rows: dict[int, dict[str, Any]] = {}
-        bar = tqdm(total=len(run.slides), desc="slides", unit="slide", disable=not run.progress,
-                   dynamic_ncols=True)
-
-        def record(index: int, row: dict[str, Any], weak: bool = False) -> None:
-            rows[index] = row
-            run.manifest.update(row, weak=weak)
-            if row["status"] == "failed":
-                tqdm.write(f"{row['slide_id']}: failed: {row['error']}")
-            bar.update(1)
-
-        todo: list[tuple[int, Path]] = []
-        seen: dict[str, Path] = {}
-        for index, path in enumerate(run.slides):
-            sid = slide_id_of(path)
-            if sid in seen:
-                record(index, duplicate_id_row(path, seen[sid]))
-                continue
-            seen[sid] = path
-            try:
-                done = run.done_row(path, run.embed_key(path))
-            except Exception as exc:  # noqa: BLE001 - e.g. unreadable: the task reports it
-                done = None if isinstance(exc, OSError) else manifest_row(
-                    path, "failed", error=failure_message(exc))
-            if done is not None:
-                record(index, done, weak=True)  # found done: fills a gap only
-            else:
-                todo.append((index, path))
-
-        pending: dict[Any, tuple[int, Path]] = {}
-        queue = iter(todo)
-        try:
-            while True:
-                while len(pending) < max_pending:
-                    item = next(queue, None)
-                    if item is None:
-                        break
-                    ref = task.remote(
-                        os.fspath(item[1]), os.fspath(run.out), encoder, run.encoder_name,
-                        run.weights, run.options, run.batch_size, place.device, run.precision,
-                        run.skip_done, run.max_failed_fraction, place.cpus,
-                    )
-                    pending[ref] = item
-                if not pending:
-                    break
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    index, path = pending.pop(ref)
-                    try:
-                        row = ray.get(ref)
-                    except ray.exceptions.RayError as exc:
-                        row = _gave_up_row(path, exc, options.retries + 1)
-                    record(index, row)
-        finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            run.manifest.flush()
-            bar.close()
-        return [rows[i] for i in sorted(rows)]
+        recorder = RowRecorder(manifest, len(plan.slides), progress=settings.progress)
+        plan.run(recorder, lambda items: _run_tasks(
+            ray, iter(items),
+            lambda path: task.remote(os.fspath(path), os.fspath(out_dir), shipped, encoder,
+                                     place.cpus),
+            recorder.record, options.max_pending or 2 * place.slots, options.retries + 1,
+        ))
+        return recorder.ordered()
     finally:
         if started_here:
             ray.shutdown()

@@ -1,6 +1,8 @@
 """Tile one slide into files: ``patches/{id}.h5``, ``qc/{id}.png`` and ``qc/{id}.geojson``.
 
-The step behind ``wsi tile`` and the first half of ``wsi embed``.
+The step behind ``wsi tile`` and the first half of ``wsi embed``. ``tile_archive`` runs the
+same plan as ``wsi embed`` (:mod:`wsi.pipeline.plan`: duplicate ids, slides already tiled
+with the same key skipped) and tiles each slide under its lock.
 """
 
 from __future__ import annotations
@@ -8,14 +10,17 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from models.atomic import write_text_atomic
 from wsi.errors import SlideReadError
 from wsi.io.slide import Slide, open_slide
-from wsi.pipeline.batch import run_batch
-from wsi.store.folder import temporary_path
+from wsi.pipeline.batch import RowRecorder, clean_output_folder, failed_row
+from wsi.pipeline.plan import plan_slides, slides_in_turn, tiles_done_row
+from wsi.pipeline.settings import tile_key
 from wsi.store.h5 import write_coords
 from wsi.store.manifest import Manifest, manifest_row
 from wsi.tiling import TileGrid, TileOptions, tile
@@ -90,24 +95,26 @@ def write_qc(out_dir: Path, slide: Slide, mask: TissueMask, grid: TileGrid) -> N
         mpp=grid.mpp,
     )
     save_png(image, qc_dir / f"{sid}.png")
-    tmp = temporary_path(qc_dir / f"{sid}.geojson")
-    tmp.write_text(json.dumps(mask.to_geojson()))
-    os.replace(tmp, qc_dir / f"{sid}.geojson")
+    write_text_atomic(qc_dir / f"{sid}.geojson", json.dumps(mask.to_geojson()))
 
 
 def patch_slide(path: Path, out_dir: Path, options: TileOptions) -> dict[str, Any]:
-    """Tile one slide and write its coords file and QC pictures; return its manifest row."""
+    """Tile one slide and write its QC pictures, then its coords file (last: a slide is
+    tiled exactly when ``patches/{id}.h5`` exists); return its manifest row. No lock: see
+    :func:`tile_archive`."""
     start = time.perf_counter()
     slide, mask, grid = tile_slide(path, options)
     with slide:
+        quickhash = slide.quickhash()
+        key = tile_key(path, options, quickhash)
+        write_qc(out_dir, slide, mask, grid)
         write_coords(
             out_dir / "patches" / f"{slide.slide_id}.h5",
             grid.coords,
             grid.attrs(),
-            provenance(slide, grid),
+            provenance(slide, grid, quickhash=quickhash, tile_key=key),
             tissue_fraction=grid.tissue_fraction,
         )
-        write_qc(out_dir, slide, mask, grid)
         return manifest_row(
             path,
             "ok" if len(grid) else "no_tissue",
@@ -118,20 +125,51 @@ def patch_slide(path: Path, out_dir: Path, options: TileOptions) -> dict[str, An
         )
 
 
+def _tile_locked(
+    path: Path, out_dir: Path, options: TileOptions, skip_done: bool, debug: bool
+) -> tuple[dict[str, Any], bool]:
+    """Under the slide's lock: (its row, whether it was found done)."""
+    start = time.perf_counter()
+    try:
+        done = tiles_done_row(out_dir, path, options) if skip_done else None
+    except Exception:  # noqa: BLE001 - unreadable: tiling it reports why
+        done = None
+    if done is not None:
+        return done, True
+    try:
+        return patch_slide(path, out_dir, options), False
+    except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
+        return failed_row(path, exc, start, debug), False
+
+
 def tile_archive(
-    slides: list[Path],
+    slides: Sequence[Path],
     out_dir: str | os.PathLike[str],
     options: TileOptions | None = None,
     *,
+    skip_done: bool = True,
     progress: bool = True,
     debug: bool = False,
 ) -> list[dict[str, Any]]:
-    """Tile many slides into ``out_dir`` (patches/, qc/, manifest.csv); one row per slide."""
+    """Tile many slides into ``out_dir`` (patches/, qc/, manifest.csv); one row per slide.
+
+    Each slide is tiled under its lock (several runs may share ``out_dir``); with
+    ``skip_done`` a slide whose ``patches/{id}.h5`` has the same key (slide quickhash and
+    ``options``) is not tiled again.
+    """
     options = options or TileOptions()
     options.check()
     out = Path(out_dir)
-    manifest = Manifest(out / "manifest.csv")
-    return run_batch(
-        slides, lambda p: patch_slide(p, out, options), manifest, progress=progress, debug=debug
-    )
+    plan = plan_slides(list(slides), (lambda p: tiles_done_row(out, p, options)) if skip_done else None)
+    clean_output_folder(out)
+    recorder = RowRecorder(Manifest(out / "manifest.csv"), len(plan.slides), progress=progress)
 
+    def process(items: list[tuple[int, Path]]) -> None:
+        for index, path, lock in slides_in_turn(out, items):
+            with lock:  # released once the files and the manifest row are final
+                recorder.working_on(path)
+                row, weak = _tile_locked(path, out, options, skip_done, debug)
+                recorder.record(index, row, weak=weak)
+
+    plan.run(recorder, process)
+    return recorder.ordered()
