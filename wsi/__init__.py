@@ -42,6 +42,9 @@ _LAZY = {
     "RayOptions": "wsi.pipeline.ray_runner",
     "embed": "wsi.pipeline.embed",
     "embed_archive": "wsi.pipeline.embed",
+    "run_embedding": "wsi.pipeline.embed",
+    "EmbedSettings": "wsi.pipeline.settings",
+    "embed_slide": "wsi.pipeline.slide_step",
     "TileGrid": "wsi.tiling",
     "TileOptions": "wsi.options",
     "tile": "wsi.tiling",
@@ -59,10 +62,12 @@ if TYPE_CHECKING:
     from wsi.cohort import BagSequence, Cohort, load_cohort, read_labels
     from wsi.io.slide import Slide, open_slide
     from wsi.options import TileOptions, TissueOptions
-    from wsi.pipeline.embed import embed, embed_archive
+    from wsi.pipeline.embed import embed, embed_archive, run_embedding
     from wsi.pipeline.heatmap import heatmap_run
     from wsi.pipeline.predict import predict_run
     from wsi.pipeline.ray_runner import RayOptions
+    from wsi.pipeline.settings import EmbedSettings
+    from wsi.pipeline.slide_step import embed_slide
     from wsi.pipeline.train import train_run
     from wsi.tiling import TileGrid, tile
     from wsi.tissue import TissueMask, detect_tissue
@@ -91,6 +96,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "BagSequence",
     "Cohort",
+    "EmbedSettings",
     "FeatureFileError",
     "InvalidMppError",
     "InvalidParameterError",
@@ -113,12 +119,14 @@ __all__ = [
     "detect_tissue",
     "embed",
     "embed_archive",
+    "embed_slide",
     "heatmap_run",
     "load_cohort",
     "open_slide",
     "predict_run",
     "qc_image",
     "read_labels",
+    "run_embedding",
     "tile",
     "train_run",
 ]

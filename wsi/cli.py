@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.defaults import DEFAULT_ENCODER, DEFAULT_HEAD
+from wsi.pipeline.settings import EmbedSettings
 
 if TYPE_CHECKING:
     from wsi.options import TileOptions
@@ -97,12 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="%(default)s (default, offline), resnet50_trunc, timm:<name>, hf-hub:<repo>, "
                         "or a name in models.known_encoders()")
     p.add_argument("--weights", default=None, help="local weights file (.safetensors/.pth/.bin)")
-    p.add_argument("--batch-size", type=int, default=64, help="tiles per encoder batch (default 64)")
+    p.add_argument("--batch-size", type=int, default=EmbedSettings.batch_size,
+                   help="tiles per encoder batch (default %(default)s)")
     p.add_argument("--workers", type=int, default=None,
                    help="patch-reader processes (default: 0 for a CPU encoder on <= 4 cores, "
                         "one per 8 cores above; up to 8 for a GPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default=EmbedSettings.precision, choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast dtype (auto: bf16/fp16 on GPU, bf16 on CPUs with native bf16)")
     p.add_argument("--redo", action="store_true", help="re-embed slides already done")
     _add_tiling_args(p)

@@ -18,18 +18,18 @@ from typing import Any
 
 import numpy as np
 
+from models.defaults import DEFAULT_ENCODER
 from wsi.io.slide import Slide
 from wsi.pipeline.batch import find_slides
 from wsi.pipeline.loader import BatchSpec, patch_loader
 from wsi.pipeline.local_runner import run_local
 from wsi.pipeline.plan import Plan, features_done_row, plan_slides
 from wsi.pipeline.ray_runner import RayOptions, import_ray, run_on_ray
-from wsi.pipeline.settings import DEFAULT_ENCODER, EmbedSettings, encoder_dirname, resolve_encoder
+from wsi.pipeline.settings import EmbedSettings, encoder_dirname, resolve_encoder
 from wsi.store.manifest import Manifest
 from wsi.tiling import TileGrid, TileOptions
 
 __all__ = [
-    "DEFAULT_ENCODER",
     "EmbedSettings",
     "RayOptions",
     "embed",
@@ -46,10 +46,10 @@ def embed(
     encoder: Any = DEFAULT_ENCODER,
     *,
     weights: str | os.PathLike[str] | None = None,
-    batch_size: int = 64,
+    batch_size: int = EmbedSettings.batch_size,
     workers: int = 0,
     device: str | None = None,
-    precision: str = "auto",
+    precision: str = EmbedSettings.precision,
     progress: bool = False,
 ) -> np.ndarray:
     """Features of every tile of ``grid``: float32 (N, D), row i for ``grid.coords[i]``.
@@ -83,14 +83,14 @@ def embed_archive(
     encoder: Any = DEFAULT_ENCODER,
     weights: str | os.PathLike[str] | None = None,
     tiling: TileOptions | None = None,
-    batch_size: int = 64,
+    batch_size: int = EmbedSettings.batch_size,
     workers: int | None = None,
     device: str | None = None,
-    precision: str = "auto",
-    progress: bool = True,
-    debug: bool = False,
-    skip_done: bool = True,
-    max_failed_fraction: float = 0.05,
+    precision: str = EmbedSettings.precision,
+    progress: bool = EmbedSettings.progress,
+    debug: bool = EmbedSettings.debug,
+    skip_done: bool = EmbedSettings.skip_done,
+    max_failed_fraction: float = EmbedSettings.max_failed_fraction,
     backend: str = "local",
     ray: RayOptions | None = None,
 ) -> list[dict[str, Any]]:

@@ -13,16 +13,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from models.defaults import DEFAULT_ENCODER
 from wsi.errors import InvalidParameterError
-from wsi.io.slide import quickhash
-from wsi.tiling import TileOptions
+from wsi.options import TileOptions
 
 if TYPE_CHECKING:  # models.encoders imports torch: loaded when an encoder is needed
     import torch
 
     from models.encoders import Encoder
 
-DEFAULT_ENCODER = "efficientnet_lite0"
 """The encoder of ``wsi embed`` and ``embed_archive`` when none is named."""
 
 
@@ -49,6 +48,8 @@ def tile_key(
     """What decides a slide's tiles (``patches/{id}.h5``): its quickhash (``slide_quickhash``:
     when already computed) and the tiling options (tissue options included). Unchanged →
     the file is reused."""
+    from wsi.io.slide import quickhash  # openslide loads with the first slide, not --help
+
     return {"slide_quickhash": slide_quickhash or quickhash(path), "tiling": asdict(tiling)}
 
 
@@ -131,6 +132,8 @@ class EmbedSettings:
         if self.weights is None:
             return None
         if Path(self.weights).is_file():
+            from wsi.io.slide import quickhash
+
             return {"path": str(Path(self.weights).resolve()), "quickhash": quickhash(self.weights)}
         return str(self.weights)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from models.atomic import write_text_atomic
+from models.version import library_version
 from wsi.errors import SlideReadError
 from wsi.io.slide import Slide, open_slide
 from wsi.pipeline.batch import RowRecorder, clean_output_folder, failed_row
@@ -30,16 +31,6 @@ from wsi.viz.qc import qc_image
 
 QC_LONG_SIDE_PX = 1536
 """Long side of the QC picture's thumbnail, when the mask's own thumbnail is smaller."""
-
-
-def library_version() -> str:
-    """The installed ``wsi`` version."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("wsi")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def provenance(
