@@ -145,12 +145,16 @@ def test_real_tcga_tiles_with_slide_mpp():
 
 # native scale: a level within mpp_tolerance of the target is read 1:1 -----------------------
 def _openslide_box(path, grid, i):
+    """openslide's read_region of tile i's box at the grid's level, composited on white
+    (openslide's RGBA is transparent past the slide's edge)."""
     import openslide
+
+    from wsi.io.readers import rgba_to_rgb
 
     x, y = (int(v) for v in grid.coords[i])
     with openslide.OpenSlide(str(path)) as o:
         region = o.read_region((x, y), grid.level, (grid.size, grid.size))
-    return np.asarray(region.convert("RGB"))
+    return rgba_to_rgb(np.asarray(region))
 
 
 @pytest.mark.parametrize("flavour, downsamples, level", [
@@ -177,6 +181,28 @@ def test_scan_within_tolerance_gives_the_scanners_pixels(
     assert len(grid) == TISSUE_TILES
     for i in (0, len(grid) // 2, len(grid) - 1):
         assert np.array_equal(grid.read(i), _openslide_box(path, grid, i))  # bit-identical
+
+
+def test_native_tiles_on_a_level_with_a_fractional_downsample(tmp_path):
+    """Level 1 of a 4003 x 3001 px slide is 1001 x 751 px (downsample 3.9975): the fast
+    reader returns that level's stored pixels from the nearest level pixel; the openslide
+    path returns openslide's read_region of the box (which openslide shifts by a sub-pixel)."""
+    import openslide
+
+    path = write_slide(tmp_path / "frac.svs", width=4003, height=3001, mpp=0.12475,
+                       regions=[Region(100, 100, 3800, 2800, texture=12)], flavour="svs",
+                       downsamples=(1, 4, 16))
+    fast = wsi.tile(wsi.open_slide(path), mpp=0.5, size=224, min_tissue=0)
+    plain = wsi.tile(wsi.open_slide(path, fast_reads=False), mpp=0.5, size=224, min_tissue=0)
+    assert fast.native and fast.level == 1 and fast.slide.patch_backend == "fast-tiff"
+    ds = fast.level_downsample
+    assert ds == pytest.approx(3.9975, abs=1e-4) and fast.size_level0 == 224 * ds
+    with openslide.OpenSlide(str(path)) as o:
+        level1 = np.asarray(o.read_region((0, 0), 1, o.level_dimensions[1]).convert("RGB"))
+    for i in range(len(fast)):
+        ix, iy = (round(v / ds) for v in fast.coords[i])
+        assert np.array_equal(fast.read(i), level1[iy : iy + 224, ix : ix + 224])
+        assert np.array_equal(plain.read(i), _openslide_box(path, plain, i))
 
 
 def test_tolerance_zero_resamples_to_exactly_the_target(tmp_path):

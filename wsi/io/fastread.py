@@ -208,6 +208,9 @@ class FastTiffReader:
         coarser than the level (see :data:`DCT_SCALE_TOLERANCE`), tiles are decoded at that
         scale first, then resized for the remainder, or lightly blurred to match the
         openslide path when no remainder is left. Areas outside the level are white.
+        A patch that is ``out_size`` pixels of the level from a whole level-0 pixel (see
+        :func:`native_origin`) is the level's own pixels, decoded at full scale from the
+        nearest level pixel, neither resampled nor blurred.
         Raises :class:`~wsi.errors.SlideReadError` on a corrupt tile.
         """
         self._check_level(level)
@@ -217,6 +220,9 @@ class FastTiffReader:
                 f"{size_level0!r} px and out_size={out_size!r} px"
             )
         ds = self.level_downsamples[level]
+        origin = native_origin(x, y, size_level0, out_size, ds)
+        if origin is not None:
+            return np.asarray(self._window(level, 1, origin[0], origin[1], out_size, out_size))
         extent = size_level0 / ds
         scale = self._dct_scale(level, extent / out_size)
         sx, sy, s_extent = x / ds / scale, y / ds / scale, extent / scale
