@@ -70,6 +70,21 @@ def test_slide_mpp_rescues_a_slide_without_metadata(archive, tmp_path):
     assert (row["status"], row["n_tiles"], row["mpp_source"]) == ("ok", str(TISSUE_TILES), "argument")
 
 
+@pytest.mark.parametrize("tolerance, native, achieved", [(None, True, 0.499), ("0", False, 0.5)])
+def test_mpp_tolerance_flag_decides_native_tiles(tmp_path, tolerance, native, achieved):
+    slide = write_reference_slide(tmp_path / "s0499.svs", 0.499, flavour="svs")
+    out = tmp_path / "out"
+    flag = [] if tolerance is None else ["--mpp-tolerance", tolerance]
+    assert main(["tile", str(slide), "--out", str(out), "--quiet", *flag]) == 0
+    with h5py.File(out / "patches" / "s0499.h5") as f:
+        attrs = f["coords"].attrs
+        assert attrs["target_mpp"] == 0.5 and attrs["achieved_mpp"] == pytest.approx(achieved)
+        assert attrs["patch_size_level0"] == 224
+        tiling = json.loads(f.attrs["provenance"])["tiling"]
+        assert tiling["mpp_tolerance"] == (0.02 if tolerance is None else 0.0)
+        assert tiling["native"] is native
+
+
 def test_rerun_keeps_other_rows(archive, tmp_path):
     out = tmp_path / "out"
     main(["tile", str(archive / "good40.tiff"), "--out", str(out), "--quiet"])
@@ -77,7 +92,8 @@ def test_rerun_keeps_other_rows(archive, tmp_path):
     assert set(read_manifest(out)) == {"good40", "good20"}
 
 
-@pytest.mark.parametrize("flag", [["--mpp", "0"], ["--size", "0"], ["--min-tissue", "2"]])
+@pytest.mark.parametrize("flag", [["--mpp", "0"], ["--size", "0"], ["--min-tissue", "2"],
+                                  ["--mpp-tolerance", "-1"]])
 def test_usage_errors_exit_2(archive, tmp_path, flag, capsys):
     code = main(["tile", str(archive / "good40.tiff"), "--out", str(tmp_path / "o"), *flag])
     assert code == 2

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import imagecodecs
 import numpy as np
+import openslide
 import pytest
 import tifffile
 from PIL import Image
@@ -436,3 +437,22 @@ def test_level_window_checks_its_arguments(slides: dict[str, Path]) -> None:
                 fast.read_level_window(0, reduce, 0, 0, size, 10)
         with pytest.raises(wsi.errors.InvalidParameterError, match="level 9"):
             fast.dct_reduce(9, 2.0)
+
+
+def test_real_aperio_native_tiles_are_the_scanners_pixels(cmu_svs: Path) -> None:
+    """0.499 µm/px tiled at 0.5: within the default tolerance, both read paths return
+    openslide's own level pixels, bit for bit; tolerance 0 resamples them."""
+    with openslide.OpenSlide(str(cmu_svs)) as o:
+        for fast_reads in (True, False):
+            with wsi.open_slide(cmu_svs, fast_reads=fast_reads) as slide:
+                grid = wsi.tile(slide, mpp=0.5, size=224)
+                assert slide.patch_backend == ("fast-tiff" if fast_reads else "openslide")
+                assert grid.native and grid.size_level0 == 224.0
+                assert grid.achieved_mpp == pytest.approx(0.499) and len(grid) > 20
+                for i in range(0, len(grid), max(1, len(grid) // 8)):
+                    x, y = (int(v) for v in grid.coords[i])
+                    ref = np.asarray(o.read_region((x, y), 0, (224, 224)).convert("RGB"))
+                    assert np.array_equal(grid.read(i), ref), (fast_reads, i)
+                exact = wsi.tile(slide, mpp=0.5, size=224, mpp_tolerance=0, mask=grid.mask)
+                assert not exact.native and exact.size_level0 == pytest.approx(224.449, abs=1e-3)
+                assert not np.array_equal(exact.read(0), grid.read(0))

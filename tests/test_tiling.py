@@ -141,3 +141,104 @@ def test_real_tcga_tiles_with_slide_mpp():
     assert 20 < len(grid) < 400
     patch = grid.read(len(grid) // 2)
     assert patch.shape == (224, 224, 3) and patch.std() > 10  # real tissue has texture
+
+
+# native scale: a level within mpp_tolerance of the target is read 1:1 -----------------------
+def _openslide_box(path, grid, i):
+    """openslide's read_region of tile i's box at the grid's level, composited on white
+    (openslide's RGBA is transparent past the slide's edge)."""
+    import openslide
+
+    from wsi.io.readers import rgba_to_rgb
+
+    x, y = (int(v) for v in grid.coords[i])
+    with openslide.OpenSlide(str(path)) as o:
+        region = o.read_region((x, y), grid.level, (grid.size, grid.size))
+    return rgba_to_rgb(np.asarray(region))
+
+
+@pytest.mark.parametrize("flavour, downsamples, level", [
+    ("svs", (1, 4, 16), 0), ("tiff", (1, 4, 16), 0), ("svs", (1, 2, 8), 1),
+])
+@pytest.mark.parametrize("fast_reads", [True, False])
+def test_scan_within_tolerance_gives_the_scanners_pixels(
+    tmp_path, flavour, downsamples, level, fast_reads
+):
+    base = 0.499 / downsamples[level]  # the read level is 0.499 µm/px, 0.2 % finer than 0.5
+    path = write_reference_slide(tmp_path / f"n.{flavour}", base, flavour=flavour,
+                                 downsamples=downsamples, texture=1.0)
+    slide = wsi.open_slide(path, fast_reads=fast_reads)
+    grid = wsi.tile(slide, mpp=0.5, size=224)  # default tolerance 0.02
+    assert grid.native and grid.level == level and grid.mpp_tolerance == 0.02
+    assert grid.size_level0 == 224 * downsamples[level]
+    assert grid.achieved_mpp == pytest.approx(0.499, rel=1e-9)
+    assert grid.tile_size_um == pytest.approx(224 * 0.499)
+    attrs = grid.attrs()
+    assert attrs["achieved_mpp"] == pytest.approx(0.499) and attrs["target_mpp"] == 0.5
+    assert attrs["patch_size"] == 224 and attrs["patch_level"] == level
+    assert attrs["patch_size_level0"] == 224 * downsamples[level]
+    assert grid.params()["mpp_tolerance"] == 0.02 and grid.params()["native"] is True
+    assert len(grid) == TISSUE_TILES
+    for i in (0, len(grid) // 2, len(grid) - 1):
+        assert np.array_equal(grid.read(i), _openslide_box(path, grid, i))  # bit-identical
+
+
+def test_native_tiles_on_a_level_with_a_fractional_downsample(tmp_path):
+    """Level 1 of a 4003 x 3001 px slide is 1001 x 751 px (downsample 3.9975): the fast
+    reader returns that level's stored pixels from the nearest level pixel; the openslide
+    path returns openslide's read_region of the box (which openslide shifts by a sub-pixel)."""
+    import openslide
+
+    path = write_slide(tmp_path / "frac.svs", width=4003, height=3001, mpp=0.12475,
+                       regions=[Region(100, 100, 3800, 2800, texture=12)], flavour="svs",
+                       downsamples=(1, 4, 16))
+    fast = wsi.tile(wsi.open_slide(path), mpp=0.5, size=224, min_tissue=0)
+    plain = wsi.tile(wsi.open_slide(path, fast_reads=False), mpp=0.5, size=224, min_tissue=0)
+    assert fast.native and fast.level == 1 and fast.slide.patch_backend == "fast-tiff"
+    ds = fast.level_downsample
+    assert ds == pytest.approx(3.9975, abs=1e-4) and fast.size_level0 == 224 * ds
+    with openslide.OpenSlide(str(path)) as o:
+        level1 = np.asarray(o.read_region((0, 0), 1, o.level_dimensions[1]).convert("RGB"))
+    for i in range(len(fast)):
+        ix, iy = (round(v / ds) for v in fast.coords[i])
+        assert np.array_equal(fast.read(i), level1[iy : iy + 224, ix : ix + 224])
+        assert np.array_equal(plain.read(i), _openslide_box(path, plain, i))
+
+
+def test_tolerance_zero_resamples_to_exactly_the_target(tmp_path):
+    path = write_reference_slide(tmp_path / "n.svs", 0.499, flavour="svs", texture=1.0)
+    slide = wsi.open_slide(path)
+    grid = wsi.tile(slide, mpp=0.5, size=224, mpp_tolerance=0)
+    assert not grid.native and grid.level == 0
+    assert grid.size_level0 == pytest.approx(224 * 0.5 / 0.499)
+    assert grid.achieved_mpp == pytest.approx(0.5, rel=1e-9) and grid.tile_size_um == 112.0
+    patch, native = grid.read(0), _openslide_box(path, grid, 0)
+    assert not np.array_equal(patch, native)  # resampled: 224.45 px squeezed into 224
+    assert np.abs(patch.astype(int) - native).mean() < 10
+
+
+def test_tolerance_leaves_far_scans_and_exact_scans_unchanged(tmp_path):
+    # 0.25 µm/px with levels 1, 4, 16: no level within 2 % of 0.5 → the exact path, level 0
+    far = wsi.open_slide(write_reference_slide(tmp_path / "far.tiff", 0.25, texture=1.0))
+    a, b = wsi.tile(far, mpp=0.5, size=224), wsi.tile(far, mpp=0.5, size=224, mpp_tolerance=0)
+    assert not a.native and a.level == 0 and a.size_level0 == b.size_level0 == 448.0
+    assert np.array_equal(a.coords, b.coords) and a.attrs() == b.attrs()
+    assert np.array_equal(a.read(3), b.read(3))
+    # a level exactly at the target: native and exact agree to the bit
+    path = write_reference_slide(tmp_path / "ex.tiff", 0.25, downsamples=(1, 2, 8), texture=1.0)
+    exact = wsi.open_slide(path)
+    a, b = wsi.tile(exact, mpp=0.5, size=224), wsi.tile(exact, mpp=0.5, size=224, mpp_tolerance=0)
+    assert a.native and not b.native and a.level == b.level == 1
+    assert np.array_equal(a.coords, b.coords) and a.size_level0 == b.size_level0 == 448.0
+    assert a.achieved_mpp == b.achieved_mpp == 0.5
+    assert all(np.array_equal(a.read(i), b.read(i)) for i in range(len(a)))
+
+
+def test_nearest_level_within_tolerance_wins(tmp_path):
+    # 0.2475 µm/px, levels 1, 2, 8: level 1 is 0.495 µm/px (1 % off 0.5) → native at 1%
+    path = write_reference_slide(tmp_path / "l.tiff", 0.2475, downsamples=(1, 2, 8))
+    slide = wsi.open_slide(path)
+    assert wsi.tile(slide, mpp=0.5, size=224).level == 1
+    assert not wsi.tile(slide, mpp=0.5, size=224, mpp_tolerance=0.005).native  # 1 % > 0.5 %
+    with pytest.raises(InvalidParameterError, match="mpp_tolerance"):
+        wsi.tile(slide, mpp=0.5, size=224, mpp_tolerance=-0.1)

@@ -31,6 +31,10 @@ DEFAULT_CLOSE_RADIUS_UM = 16.0
 DEFAULT_OPEN_RADIUS_UM = 8.0
 """Specks and strands thinner than about twice this (µm) are opened away."""
 
+DEFAULT_MPP_TOLERANCE = 0.02
+"""Relative difference between a pyramid level's µm/px and the tile mpp within which tiles
+are that level's pixels, read 1:1 (no resampling)."""
+
 DEFAULT_MAX_MASK_SIDE = 4096
 """Longest side (mask pixels) of a tissue mask."""
 
@@ -51,7 +55,9 @@ def non_negative(value: float, name: str) -> float:
     return number
 
 
-def check_tiling_params(mpp: float, size: int, overlap: int, min_tissue: float) -> None:
+def check_tiling_params(
+    mpp: float, size: int, overlap: int, min_tissue: float, mpp_tolerance: float = 0.0
+) -> None:
     """Raise :class:`InvalidParameterError` for out-of-range tiling parameters."""
     if not (isinstance(mpp, int | float) and math.isfinite(mpp) and 0 < mpp <= 100):
         raise InvalidParameterError(
@@ -65,6 +71,11 @@ def check_tiling_params(mpp: float, size: int, overlap: int, min_tissue: float) 
         )
     if not (0.0 <= min_tissue <= 1.0):
         raise InvalidParameterError(f"min_tissue must be a fraction in [0, 1], got {min_tissue!r}")
+    if not (isinstance(mpp_tolerance, int | float) and 0.0 <= mpp_tolerance < 1.0):
+        raise InvalidParameterError(
+            f"mpp_tolerance must be a relative difference in [0, 1), got {mpp_tolerance!r} "
+            "(0.02 = within 2 %; 0 = always resample)"
+        )
 
 
 @dataclass(frozen=True)
@@ -129,11 +140,15 @@ class TileOptions:
         "help": "drop tiles with a smaller tissue fraction (default %(default)s)"})
     slide_mpp: float | None = field(default=None, metadata={
         "type": float, "help": "level-0 µm/px of every slide, overriding missing or wrong metadata"})
+    mpp_tolerance: float = field(default=DEFAULT_MPP_TOLERANCE, metadata={
+        "help": "read a pyramid level's own pixels, unresampled, when its µm/px is within this "
+                "relative difference of --mpp (default %(default)s: a 0.499 µm/px scan at 0.5; "
+                "0 = always resample to exactly --mpp)"})
     tissue: TissueOptions = field(default_factory=TissueOptions)
 
     def check(self) -> None:
         """Raise :class:`InvalidParameterError` for values out of range."""
-        check_tiling_params(self.mpp, self.size, self.overlap, self.min_tissue)
+        check_tiling_params(self.mpp, self.size, self.overlap, self.min_tissue, self.mpp_tolerance)
         self.tissue.check()
         if self.slide_mpp is not None:
             from wsi.io.mpp import check_mpp

@@ -3,7 +3,10 @@
 A tile of ``size`` px at ``mpp`` µm/px covers ``size * mpp`` µm on every scanner: its
 level-0 extent is ``size * mpp / slide.mpp`` pixels (a float), reads are planned at the
 coarsest level still at or finer than ``mpp``, and the sub-pixel box is resampled to
-``size`` px. Coordinates are level-0 top-left ``[x, y]`` (int64), as CLAM and TRIDENT use.
+``size`` px. When a pyramid level's µm/px is within ``mpp_tolerance`` (relative) of ``mpp``,
+tiles are instead ``size`` px of that level read 1:1, the scanner's own pixels (a *native*
+grid: level-0 extent ``size * level downsample``, ``achieved_mpp`` that level's µm/px).
+Coordinates are level-0 top-left ``[x, y]`` (int64), as CLAM and TRIDENT use.
 """
 
 from __future__ import annotations
@@ -30,11 +33,15 @@ class TileGrid:
         coords: int64 (N, 2) ``[x, y]`` top-left in level-0 pixels.
         tissue_fraction: float32 (N,) fraction of each tile covered by the tissue mask.
         size: tile side in output pixels.
-        mpp: µm per output pixel (the requested scale, achieved exactly up to float noise).
+        mpp: the requested µm per output pixel (achieved exactly up to float noise, unless
+            ``native``: see :attr:`achieved_mpp`).
         overlap: pixels (at ``mpp``) shared by neighbouring tiles.
         level: pyramid level the pixels are read from.
         min_tissue: tiles with a smaller tissue fraction were dropped.
         mask: the tissue mask used, if any.
+        native: tiles are ``level``'s pixels read 1:1 (its µm/px was within
+            ``mpp_tolerance`` of ``mpp``); otherwise the exact box is resampled.
+        mpp_tolerance: the relative tolerance the grid was planned with.
     """
 
     slide: Slide
@@ -46,20 +53,26 @@ class TileGrid:
     level: int
     min_tissue: float
     mask: TissueMask | None = field(default=None, repr=False)
+    native: bool = False
+    mpp_tolerance: float = 0.0
 
     @property
     def tile_size_um(self) -> float:
         """Side of a tile in µm."""
-        return self.size * self.mpp
+        return self.size * self.achieved_mpp if self.native else self.size * self.mpp
 
     @property
     def size_level0(self) -> float:
         """Side of a tile in level-0 pixels (exact, not rounded)."""
-        return self.tile_size_um / self.slide.mpp
+        if self.native:
+            return self.size * self.level_downsample
+        return self.size * self.mpp / self.slide.mpp
 
     @property
     def stride_level0(self) -> float:
         """Distance between neighbouring tiles in level-0 pixels."""
+        if self.native:
+            return (self.size - self.overlap) * self.level_downsample
         return (self.size - self.overlap) * self.mpp / self.slide.mpp
 
     @property
@@ -74,12 +87,17 @@ class TileGrid:
 
     @property
     def achieved_mpp(self) -> float:
-        """µm per output pixel actually produced (equals ``mpp``: the box is exact)."""
+        """µm per output pixel actually produced: ``mpp`` (the box is exact), or the read
+        level's µm/px for a ``native`` grid."""
+        if self.native:
+            return self.slide.level_mpp(self.level)
         return self.size_level0 * self.slide.mpp / self.size
 
     def __repr__(self) -> str:
-        return (f"TileGrid({len(self)} tiles of {self.size} px at {self.mpp:g} µm/px "
-                f"({self.tile_size_um:g} µm), level {self.level}, slide {self.slide.name!r})")
+        how = "native" if self.native else "resampled"
+        return (f"TileGrid({len(self)} tiles of {self.size} px at {self.achieved_mpp:g} µm/px "
+                f"({self.tile_size_um:g} µm), level {self.level} {how}, "
+                f"slide {self.slide.name!r})")
 
     def _repr_png_(self) -> bytes:
         """A ~768-px thumbnail with the tissue outline and the tile grid (notebooks)."""
@@ -135,6 +153,8 @@ class TileGrid:
             "size": self.size,
             "overlap": self.overlap,
             "min_tissue": self.min_tissue,
+            "mpp_tolerance": self.mpp_tolerance,
+            "native": self.native,
             "mpp_level0": self.slide.mpp,
             "mpp_source": self.slide.mpp_source,
         }
@@ -149,6 +169,16 @@ def grid_positions(length: float, extent: float, stride: float) -> np.ndarray:
     return np.round(np.arange(n) * stride).astype(np.int64)
 
 
+def native_level(slide: Slide, mpp: float, tolerance: float) -> int | None:
+    """The pyramid level whose µm/px is nearest ``mpp``, when it is within ``tolerance``
+    (relative: ``|level mpp / mpp - 1| <= tolerance``); None otherwise or for tolerance 0."""
+    if not tolerance > 0:
+        return None
+    off = [abs(slide.level_mpp(level) / mpp - 1) for level in range(slide.level_count)]
+    level = min(range(len(off)), key=off.__getitem__)  # ties: the finer level
+    return level if off[level] <= tolerance else None
+
+
 def tile(
     slide: Slide,
     mpp: float = TileOptions.mpp,
@@ -156,6 +186,7 @@ def tile(
     overlap: int = TileOptions.overlap,
     min_tissue: float = TileOptions.min_tissue,
     mask: TissueMask | None = None,
+    mpp_tolerance: float = TileOptions.mpp_tolerance,
 ) -> TileGrid:
     """A grid of ``size``-px tiles at ``mpp`` µm/px over the slide's tissue.
 
@@ -166,16 +197,27 @@ def tile(
         overlap: pixels at ``mpp`` shared by neighbouring tiles.
         min_tissue: tiles whose tissue fraction is below this are dropped (0 keeps all).
         mask: a tissue mask; detected with :func:`wsi.detect_tissue` defaults when None.
+        mpp_tolerance: when a pyramid level's µm/px is within this relative difference of
+            ``mpp`` (0.02: a 0.499 µm/px scan at 0.5), tiles are ``size`` px of that level
+            read 1:1, the scanner's pixels, at that level's µm/px; 0 always resamples to
+            exactly ``mpp``.
 
     Raises:
-        InvalidParameterError: mpp, size, overlap or min_tissue out of range.
+        InvalidParameterError: mpp, size, overlap, min_tissue or mpp_tolerance out of range.
         MissingMppError: the slide's scale is unknown.
         SlideTooSmallError: the slide is smaller than one tile.
     """
-    check_tiling_params(mpp, size, overlap, min_tissue)
+    check_tiling_params(mpp, size, overlap, min_tissue, mpp_tolerance)
     slide_mpp = slide.mpp
-    size_level0 = size * mpp / slide_mpp
-    stride = (size - overlap) * mpp / slide_mpp
+    native = native_level(slide, mpp, mpp_tolerance)
+    if native is None:
+        level = slide.best_level_for_mpp(mpp)
+        size_level0 = size * mpp / slide_mpp
+        stride = (size - overlap) * mpp / slide_mpp
+    else:
+        level = native
+        size_level0 = size * slide.level_downsamples[level]
+        stride = (size - overlap) * slide.level_downsamples[level]
     w0, h0 = slide.dimensions
     xs = grid_positions(w0, size_level0, stride)
     ys = grid_positions(h0, size_level0, stride)
@@ -199,7 +241,9 @@ def tile(
         size=int(size),
         mpp=float(mpp),
         overlap=int(overlap),
-        level=slide.best_level_for_mpp(mpp),
+        level=level,
         min_tissue=float(min_tissue),
         mask=mask,
+        native=native is not None,
+        mpp_tolerance=float(mpp_tolerance),
     )

@@ -35,7 +35,7 @@ from PIL import Image
 
 from wsi.errors import InvalidParameterError, SlideReadError
 
-__all__ = ["DCT_SCALE_TOLERANCE", "DEFAULT_CACHE_MB", "FastTiffReader"]
+__all__ = ["DCT_SCALE_TOLERANCE", "DEFAULT_CACHE_MB", "FastTiffReader", "native_origin"]
 
 DEFAULT_CACHE_MB = 64.0
 """Decoded tiles kept per reader (MB): ~970 tiles of 256 px decoded at 1/2, ~240 at full scale."""
@@ -47,6 +47,10 @@ DCT_SCALE_TOLERANCE = 0.05
 """A patch may be decoded at 1/s when it is at least (1 - this) x s times coarser than its
 level: 0.5 µm/px from a 0.2527 µm/px Aperio 40x scan (ratio 1.979) still decodes at 1/2,
 and the last 1 % is the bilinear resize."""
+
+_NATIVE_SLACK = 1e-9
+"""Relative float noise allowed between a patch's extent in level pixels and its output size
+for the patch to count as the level's pixels read 1:1."""
 
 _DCT_SCALES = (8, 4, 2)
 _BLUR_SIDE, _BLUR_CENTRE = 1, 10
@@ -204,6 +208,9 @@ class FastTiffReader:
         coarser than the level (see :data:`DCT_SCALE_TOLERANCE`), tiles are decoded at that
         scale first, then resized for the remainder, or lightly blurred to match the
         openslide path when no remainder is left. Areas outside the level are white.
+        A patch that is ``out_size`` pixels of the level from a whole level-0 pixel (see
+        :func:`native_origin`) is the level's own pixels, decoded at full scale from the
+        nearest level pixel, neither resampled nor blurred.
         Raises :class:`~wsi.errors.SlideReadError` on a corrupt tile.
         """
         self._check_level(level)
@@ -213,6 +220,9 @@ class FastTiffReader:
                 f"{size_level0!r} px and out_size={out_size!r} px"
             )
         ds = self.level_downsamples[level]
+        origin = native_origin(x, y, size_level0, out_size, ds)
+        if origin is not None:
+            return np.asarray(self._window(level, 1, origin[0], origin[1], out_size, out_size))
         extent = size_level0 / ds
         scale = self._dct_scale(level, extent / out_size)
         sx, sy, s_extent = x / ds / scale, y / ds / scale, extent / scale
@@ -414,6 +424,19 @@ class FastTiffReader:
     def __repr__(self) -> str:
         w, h = self.level_dimensions[0]
         return f"FastTiffReader({self.path.name!r}, {w}x{h}, {len(self._levels)} levels)"
+
+
+def native_origin(
+    x: float, y: float, size_level0: float, out_size: int, downsample: float
+) -> tuple[int, int] | None:
+    """The level pixel ``(ix, iy)`` where a patch starts when it is its level's own pixels
+    read 1:1: ``size_level0`` level-0 px are ``out_size`` px of a level of ``downsample``
+    (up to float noise) and ``(x, y)`` is a whole level-0 pixel (a tile grid's coords), which
+    is snapped to the nearest level pixel. None for any other patch (it is resampled)."""
+    exact_size = abs(size_level0 / downsample - out_size) <= _NATIVE_SLACK * out_size
+    if not exact_size or x != round(x) or y != round(y):
+        return None
+    return round(x / downsample), round(y / downsample)
 
 
 def _blur_like_openslide(rgb: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from wsi.errors import (
     SlideOpenError,
     SlideReadError,
 )
-from wsi.io.fastread import FastTiffReader
+from wsi.io.fastread import FastTiffReader, native_origin
 from wsi.io.mpp import Mpp, resolve_mpp
 from wsi.io.readers import FlatImageReader, OpenSlideReader, Reader
 
@@ -235,11 +235,19 @@ class Slide:
         ``level`` and resampled to ``out_size`` px: RGB uint8 (out_size, out_size, 3).
 
         The sub-pixel box is honoured, so the patch spans the same µm on every scanner.
+        When ``size_level0`` is ``out_size`` pixels of ``level`` and (x, y) a whole level-0
+        pixel (a native tile grid, see :func:`wsi.tile`), the patch is the level's pixels
+        read 1:1 with no resampling: from the nearest level pixel on a tiled JPEG slide
+        (:mod:`wsi.io.fastread`), else openslide's ``read_region`` at (x, y) (which, on a
+        level with a fractional downsample, openslide shifts by under a pixel).
         """
         fast = self._fast_reader()
         if fast is not None:
             return fast.read_patch(x, y, size_level0, out_size, level)
         ds = self.level_downsamples[level]
+        if native_origin(x, y, size_level0, out_size, ds) is not None:
+            region = self._reader.read_region_image(round(x), round(y), level, out_size, out_size)
+            return np.asarray(region)
         lx, ly, extent = x / ds, y / ds, size_level0 / ds
         ix, iy = math.floor(lx), math.floor(ly)
         iw = math.ceil(lx + extent) - ix

@@ -56,7 +56,8 @@ def tile_slide(path: Path, options: TileOptions) -> tuple[Slide, TissueMask, Til
     slide = open_slide(path, mpp=options.slide_mpp)
     slide.mpp  # noqa: B018 - fail early with the clear "no mpp" message
     mask = detect_tissue(slide, options.tissue)
-    grid = tile(slide, options.mpp, options.size, options.overlap, options.min_tissue, mask)
+    grid = tile(slide, options.mpp, options.size, options.overlap, options.min_tissue, mask,
+                mpp_tolerance=options.mpp_tolerance)
     return slide, mask, grid
 
 
