@@ -177,7 +177,8 @@ plt.show()
 `size × mpp` µm on a side on every scanner. A tile is kept when at least `min_tissue` of
 it is tissue. Pixels are read from the coarsest pyramid level that is still at least as fine
 as the target, and the exact (sub-pixel) box is resampled to `size` px, so
-`achieved_mpp == mpp`.
+`achieved_mpp == mpp`; a scan within `mpp_tolerance` (2 %) of the target is read 1:1 instead
+(the scanner's own pixels, `achieved_mpp` = the scan's µm/px).
 
 `grid.coords` is `(N, 2)` int64, `[x, y]` top-left in **level-0 pixels**;
 `grid.size_level0` is the tile side in level-0 pixels.

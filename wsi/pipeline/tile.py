@@ -84,7 +84,7 @@ def write_qc(out_dir: Path, slide: Slide, mask: TissueMask, grid: TileGrid) -> N
         coords=grid.coords,
         tile_size_level0=grid.size_level0,
         title=title,
-        mpp=grid.mpp,
+        mpp=grid.achieved_mpp,
     )
     save_png(image, qc_dir / f"{sid}.png")
     write_text_atomic(qc_dir / f"{sid}.geojson", json.dumps(mask.to_geojson()))
