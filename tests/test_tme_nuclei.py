@@ -31,7 +31,7 @@ TIL = DATA / "tcga_til_patches"
 
 PINK = (236, 200, 222)
 DARK = (70, 40, 125)      # dense chromatin: lymphocyte-like when small and round
-PALE = (120, 90, 170)     # vesicular nucleus: above the nucleus threshold, not dark
+PALE = (150, 115, 185)    # vesicular nucleus: paler than the tile's Otsu level, found by contrast
 
 
 def tile(mpp: float, discs: list[tuple[float, float, float, tuple[int, int, int]]],
@@ -214,8 +214,8 @@ def test_monuseg_f1_beats_otsu_baseline():
     baseline = score(otsu_baseline)
     result = score(ours)
     assert result["f1"] >= baseline["f1"] + 0.01, (result, baseline)
-    assert result["f1"] > 0.81, result
-    assert min(result["precision"], result["recall"]) > 0.78, result
+    assert result["f1"] > 0.83, result  # measured 0.836 (P 0.847, R 0.826); Otsu 0.733
+    assert min(result["precision"], result["recall"]) > 0.81, result
 
 
 def _lymphocyte_density(rgb: np.ndarray, mpp: float) -> float:

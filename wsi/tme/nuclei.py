@@ -30,6 +30,10 @@ class NucleusParams:
     min_od: floor of the nucleus threshold in hematoxylin units of ``rgb2hed`` (optical
         density along the hematoxylin vector): a white or pale tile finds nothing.
     threshold_scale: the tile's Otsu level on hematoxylin is multiplied by this.
+    local_um / local_contrast / local_floor: a pale nucleus below the tile's level still
+        counts where its hematoxylin is ``local_contrast`` times the mean of the
+        ``local_um``-wide square around it and at least ``local_floor`` times the level
+        (pale nuclei beside dark lymphocytes, whose darkness raises the tile's level).
     min_area_um2 / max_area_um2: objects outside this area range are dropped (µm²).
     seed_um: the least distance between the centres of two touching nuclei (µm).
     lymph_area_um2: (min, max) nuclear area of a lymphocyte-like cell (µm²).
@@ -42,7 +46,10 @@ class NucleusParams:
     smooth_um: float = 0.3
     min_od: float = 0.04
     threshold_scale: float = 1.0
-    min_area_um2: float = 6.0
+    local_um: float = 30.0
+    local_contrast: float = 1.3
+    local_floor: float = 0.75
+    min_area_um2: float = 10.0
     max_area_um2: float = 400.0
     seed_um: float = 4.0
     lymph_area_um2: tuple[float, float] = (12.0, 50.0)
@@ -100,11 +107,14 @@ def _threshold(h: np.ndarray, params: NucleusParams) -> float:
 
 
 def _foreground(h: np.ndarray, level: float, mpp: float, params: NucleusParams) -> np.ndarray:
-    """Boolean nucleus mask: above ``level``, holes filled, specks and thin bridges gone."""
+    """Boolean nucleus mask: above ``level`` or locally dark (see :class:`NucleusParams`),
+    holes filled, specks and bridges thinner than 1 µm gone."""
     from scipy import ndimage
     from skimage.morphology import disk
 
-    mask = ndimage.binary_fill_holes(h > level)
+    surround = ndimage.uniform_filter(h, size=max(3, round(params.local_um / mpp)))
+    local = (h > params.local_floor * level) & (h > params.local_contrast * surround)
+    mask = ndimage.binary_fill_holes((h > level) | local)
     mask = ndimage.binary_opening(mask, disk(max(1, round(0.5 / mpp))))
     labels, n = ndimage.label(mask)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
