@@ -106,6 +106,16 @@ def _threshold(h: np.ndarray, params: NucleusParams) -> float:
     return max(float(threshold_otsu(h)) * params.threshold_scale, params.min_od)
 
 
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every background region that does not touch the border filled."""
+    from scipy import ndimage
+
+    background, _ = ndimage.label(~mask)
+    edge = np.unique(np.concatenate([background[0], background[-1],
+                                     background[:, 0], background[:, -1]]))
+    return mask | ~np.isin(background, edge)
+
+
 def _foreground(h: np.ndarray, level: float, mpp: float, params: NucleusParams) -> np.ndarray:
     """Boolean nucleus mask: above ``level`` or locally dark (see :class:`NucleusParams`),
     holes filled, specks and bridges thinner than 1 µm gone."""
@@ -114,7 +124,7 @@ def _foreground(h: np.ndarray, level: float, mpp: float, params: NucleusParams) 
 
     surround = ndimage.uniform_filter(h, size=max(3, round(params.local_um / mpp)))
     local = (h > params.local_floor * level) & (h > params.local_contrast * surround)
-    mask = ndimage.binary_fill_holes((h > level) | local)
+    mask = _fill_holes((h > level) | local)
     mask = ndimage.binary_opening(mask, disk(max(1, round(0.5 / mpp))))
     labels, n = ndimage.label(mask)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
