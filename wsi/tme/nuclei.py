@@ -1,9 +1,10 @@
 """Nuclei and lymphocyte-like cells from the pixels of one H&E tile.
 
 The hematoxylin channel comes from colour deconvolution (Ruifrok & Johnston's H&E-DAB
-vectors, ``skimage.color.rgb2hed``); nuclei are the pixels above the tile's Otsu level on a
-lightly smoothed hematoxylin image, cleaned up, and touching nuclei are split by a watershed
-on the distance to the background. A nucleus is *lymphocyte-like* when it is small, round
+vectors, ``skimage.color.rgb2hed``); nuclei are the pixels of a lightly smoothed hematoxylin
+image above the tile's Otsu level, or locally darker than their surroundings (pale nuclei),
+with holes filled and specks and bridges under 1 µm opened away; touching nuclei are split
+by a watershed on the distance to the background. A nucleus is *lymphocyte-like* when it is small, round
 and dark, where "dark" is relative to the tile (its hematoxylin against the tile's own
 nucleus threshold), not a fixed optical density, so that stain strength does not decide it.
 
@@ -207,7 +208,8 @@ def detect_nuclei(rgb: np.ndarray, *, mpp: float,
 
     ``rgb``: (H, W, 3) RGB or (H, W, 4) RGBA, uint8 or float in [0, 1]; ``mpp``: its µm per
     pixel. Returns a DataFrame with ``x``, ``y`` (float64: the nucleus centre in pixels of
-    this array, x to the right, y down), ``area_um2`` (float64, µm²) and ``lymphocyte``
+    this array, x the column and y the row index, so pixel (0, 0)'s centre is 0, 0),
+    ``area_um2`` (float64, µm²) and ``lymphocyte``
     (bool: small, round and dark for this tile). A tile without nuclei gives no rows.
     """
     if not mpp > 0:
