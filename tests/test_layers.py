@@ -23,6 +23,7 @@ LAYERS = [
     "wsi.tiling",
     "wsi.cohort",
     "wsi.synthetic",
+    "wsi.tme",
     "wsi.pipeline",
     "wsi.cli",
     "wsi",

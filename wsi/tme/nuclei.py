@@ -1,0 +1,250 @@
+"""Nuclei and lymphocyte-like cells from the pixels of one H&E tile.
+
+The hematoxylin channel comes from colour deconvolution (Ruifrok & Johnston's H&E-DAB
+vectors, ``skimage.color.rgb2hed``); nuclei are the pixels of a lightly smoothed hematoxylin
+image above the tile's Otsu level, or locally darker than their surroundings (pale nuclei),
+with holes filled and specks and bridges under 1 µm opened away; touching nuclei are split
+by a watershed on the distance to the background. A nucleus is *lymphocyte-like* when it is small, round
+and dark, where "dark" is relative to the tile (its hematoxylin against the tile's own
+nucleus threshold), not a fixed optical density, so that stain strength does not decide it.
+
+Every size is in µm or µm²: the same parameters work on tiles at 0.25 and 0.5 µm/px.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ("x", "y", "area_um2", "lymphocyte")
+"""Columns of :func:`detect_nuclei`'s table, in order."""
+
+
+@dataclass(frozen=True)
+class NucleusParams:
+    """Detection parameters, all physical (µm, µm²) or relative (no unit).
+
+    smooth_um: Gaussian sigma applied to the hematoxylin image before thresholding (µm).
+    min_od: floor of the nucleus threshold in hematoxylin units of ``rgb2hed`` (optical
+        density along the hematoxylin vector): a white or pale tile finds nothing.
+    threshold_scale: the tile's Otsu level on hematoxylin is multiplied by this.
+    local_um / local_contrast / local_floor: a pale nucleus below the tile's level still
+        counts where its hematoxylin is ``local_contrast`` times the mean of the
+        ``local_um``-wide square around it and at least ``local_floor`` times the level
+        (pale nuclei beside dark lymphocytes, whose darkness raises the tile's level).
+    min_area_um2 / max_area_um2: objects outside this area range are dropped (µm²).
+    seed_um: the least distance between the centres of two touching nuclei (µm).
+    lymph_area_um2: (min, max) nuclear area of a lymphocyte-like cell (µm²).
+    lymph_roundness: least minor ÷ major axis (of the fitted ellipse) of a lymphocyte-like
+        nucleus.
+    lymph_darkness: least mean hematoxylin of a lymphocyte-like nucleus as a multiple of the
+        tile's nucleus threshold (relative to the tile: stain strength cancels out).
+    """
+
+    smooth_um: float = 0.3
+    min_od: float = 0.04
+    threshold_scale: float = 1.0
+    local_um: float = 30.0
+    local_contrast: float = 1.3
+    local_floor: float = 0.75
+    min_area_um2: float = 10.0
+    max_area_um2: float = 400.0
+    seed_um: float = 4.0
+    lymph_area_um2: tuple[float, float] = (12.0, 50.0)
+    lymph_roundness: float = 0.7
+    lymph_darkness: float = 1.5
+
+
+DEFAULT_PARAMS = NucleusParams()
+
+
+def _hematoxylin_lut() -> np.ndarray:
+    """(3, 256) float32: each uint8 channel value's share of the hematoxylin density.
+
+    The same arithmetic as ``skimage.color.rgb2hed`` (its ``hed_from_rgb`` matrix), done
+    once per possible value so that a uint8 tile costs three table look-ups per pixel.
+    """
+    from skimage.color import hed_from_rgb
+
+    values = np.maximum(np.arange(256) / 255.0, 1e-6)
+    density = np.log(values) / np.log(1e-6)
+    return (density[None, :] * hed_from_rgb[:, 0][:, None]).astype(np.float32)
+
+
+_LUT: list[np.ndarray] = []
+
+
+def hematoxylin(rgb: np.ndarray) -> np.ndarray:
+    """Hematoxylin density (H, W) float32 of an RGB(A) uint8 or [0, 1] float image.
+
+    Colour deconvolution with scikit-image's H&E-DAB vectors (``rgb2hed``'s channel 0,
+    clipped at 0): about 0 on white, 0.05-0.15 in nuclei of a typical H&E tile.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W, 3) RGB or (H, W, 4) RGBA image, got shape {rgb.shape}")
+    rgb = rgb[..., :3]
+    if rgb.dtype != np.uint8:
+        from skimage.color import rgb2hed
+
+        return rgb2hed(rgb)[..., 0].astype(np.float32)
+    if not _LUT:
+        _LUT.append(_hematoxylin_lut())
+    lut = _LUT[0]
+    h = lut[0][rgb[..., 0]] + lut[1][rgb[..., 1]] + lut[2][rgb[..., 2]]
+    return np.maximum(h, 0, out=h)
+
+
+def _threshold(h: np.ndarray, params: NucleusParams) -> float:
+    """The tile's nucleus threshold on hematoxylin: Otsu × scale, never below ``min_od``."""
+    from skimage.filters import threshold_otsu
+
+    if float(h.max()) - float(h.min()) < 1e-6:
+        return math.inf
+    return max(float(threshold_otsu(h)) * params.threshold_scale, params.min_od)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every background region that does not touch the border filled."""
+    from scipy import ndimage
+
+    background, _ = ndimage.label(~mask)
+    edge = np.unique(np.concatenate([background[0], background[-1],
+                                     background[:, 0], background[:, -1]]))
+    return mask | ~np.isin(background, edge)
+
+
+def _foreground(h: np.ndarray, level: float, mpp: float, params: NucleusParams) -> np.ndarray:
+    """Boolean nucleus mask: above ``level`` or locally dark (see :class:`NucleusParams`),
+    holes filled, specks and bridges thinner than 1 µm gone."""
+    from scipy import ndimage
+    from skimage.morphology import disk
+
+    surround = ndimage.uniform_filter(h, size=max(3, round(params.local_um / mpp)))
+    local = (h > params.local_floor * level) & (h > params.local_contrast * surround)
+    mask = _fill_holes((h > level) | local)
+    mask = ndimage.binary_opening(mask, disk(max(1, round(0.5 / mpp))))
+    labels, n = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes * mpp**2 >= params.min_area_um2
+    keep[0] = False
+    return keep[labels]
+
+
+def _split(mask: np.ndarray, mpp: float, params: NucleusParams) -> np.ndarray:
+    """Label image (int32) with touching nuclei split by a watershed on the distance map.
+
+    Seeds are the local maxima of the smoothed distance to the background within a square of
+    half-side ``seed_um / 2`` (a flat top counts once), so two nuclei whose centres are at least
+    ``seed_um`` apart get a seed each.
+    """
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    distance = ndimage.distance_transform_edt(mask)
+    distance = ndimage.gaussian_filter(distance, sigma=max(0.5, 0.5 / mpp))
+    size = 2 * max(1, round(params.seed_um / 2 / mpp)) + 1
+    peaks = mask & (distance >= ndimage.maximum_filter(distance, size=size))
+    markers, _ = ndimage.label(peaks)
+    return watershed(-distance, markers, mask=mask).astype(np.int32)
+
+
+def _measure(labels: np.ndarray, h: np.ndarray, mpp: float) -> pd.DataFrame:
+    """Per-nucleus centre (px), area (µm²), roundness and mean hematoxylin.
+
+    Image moments by label sums (one pass, no per-object Python loop); roundness is the
+    minor ÷ major axis of the ellipse with the same second moments (1 for a disc).
+    """
+    ys, xs = np.nonzero(labels)
+    index = labels[ys, xs]
+    n = int(labels.max()) + 1
+
+    def total(weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(index, weights, minlength=n)[1:]
+
+    count = np.maximum(total(), 1)
+    cx, cy = total(xs) / count, total(ys) / count
+    var_x = total(xs.astype(np.float64) ** 2) / count - cx**2
+    var_y = total(ys.astype(np.float64) ** 2) / count - cy**2
+    cov = total(xs.astype(np.float64) * ys) / count - cx * cy
+    half_sum, root = (var_x + var_y) / 2, np.hypot((var_x - var_y) / 2, cov)
+    major, minor = half_sum + root, np.maximum(half_sum - root, 0)
+    present = total() > 0
+    return pd.DataFrame({
+        "x": cx[present],
+        "y": cy[present],
+        "area_um2": (count * mpp**2)[present],
+        "roundness": np.sqrt(minor / np.maximum(major, 1e-12))[present],
+        "darkness": (total(h[ys, xs].astype(np.float64)) / count)[present],
+    })
+
+
+def _lymphocyte_like(table: pd.DataFrame, level: float, params: NucleusParams) -> np.ndarray:
+    """Small, round and dark relative to the tile's nucleus threshold ``level``."""
+    low, high = params.lymph_area_um2
+    return (
+        table["area_um2"].between(low, high).to_numpy()
+        & (table["roundness"].to_numpy() >= params.lymph_roundness)
+        & (table["darkness"].to_numpy() >= params.lymph_darkness * level)
+    )
+
+
+def empty_table() -> pd.DataFrame:
+    """A table with :func:`detect_nuclei`'s columns and dtypes and no rows."""
+    return pd.DataFrame({
+        "x": np.zeros(0, np.float64),
+        "y": np.zeros(0, np.float64),
+        "area_um2": np.zeros(0, np.float64),
+        "lymphocyte": np.zeros(0, bool),
+    })
+
+
+def detect_nuclei(rgb: np.ndarray, *, mpp: float,
+                  params: NucleusParams | None = None) -> pd.DataFrame:
+    """Nuclei of one H&E tile, one row per nucleus.
+
+    ``rgb``: (H, W, 3) RGB or (H, W, 4) RGBA, uint8 or float in [0, 1]; ``mpp``: its µm per
+    pixel. Returns a DataFrame with ``x``, ``y`` (float64: the nucleus centre in pixels of
+    this array, x the column and y the row index, so pixel (0, 0)'s centre is 0, 0),
+    ``area_um2`` (float64, µm²) and ``lymphocyte``
+    (bool: small, round and dark for this tile). A tile without nuclei gives no rows.
+    """
+    if not mpp > 0:
+        raise ValueError(f"mpp must be a positive number of µm per pixel, got {mpp!r}")
+    params = params or DEFAULT_PARAMS
+    h = hematoxylin(rgb)
+    if params.smooth_um > 0:
+        from scipy import ndimage
+
+        h = ndimage.gaussian_filter(h, sigma=params.smooth_um / mpp)
+    level = _threshold(h, params)
+    mask = _foreground(h, level, mpp, params)
+    if not mask.any():
+        return empty_table()
+    table = _measure(_split(mask, mpp, params), h, mpp)
+    table = table[table["area_um2"].between(params.min_area_um2, params.max_area_um2)]
+    table = table.assign(lymphocyte=_lymphocyte_like(table, level, params))
+    return table.loc[:, list(COLUMNS)].reset_index(drop=True)
+
+
+def nuclei_summary(nuclei: pd.DataFrame, *, area_mm2: float) -> dict[str, float]:
+    """One tile's nuclei in numbers: counts, mean nuclear area (µm²) and densities (per mm²).
+
+    ``nuclei``: :func:`detect_nuclei`'s table; ``area_mm2``: the area they were counted on
+    (a tile of H × W px at ``mpp`` µm/px covers ``H * W * mpp**2 / 1e6`` mm²).
+    ``mean_area_um2`` is NaN when there is no nucleus.
+    """
+    if not area_mm2 > 0:
+        raise ValueError(f"area_mm2 must be positive, got {area_mm2!r}")
+    n = len(nuclei)
+    n_lymph = int(nuclei["lymphocyte"].sum())
+    return {
+        "n_nuclei": n,
+        "n_lymphocytes": n_lymph,
+        "mean_area_um2": float(nuclei["area_um2"].mean()) if n else math.nan,
+        "nuclei_per_mm2": n / area_mm2,
+        "lymphocytes_per_mm2": n_lymph / area_mm2,
+    }
