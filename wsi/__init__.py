@@ -80,6 +80,10 @@ def __getattr__(name: str) -> Any:
         from models.version import library_version
 
         return library_version()
+    if name == "tme":  # the subpackage, importable as wsi.tme without its own import line
+        import importlib
+
+        return importlib.import_module("wsi.tme")
     if name in _LAZY:
         import importlib
 
