@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from pathlib import Path
 
 # Tests run tiny tensors on a shared 2-core machine: one BLAS/OpenMP thread per process
@@ -77,3 +78,13 @@ def slide_025(tmp_path: Path) -> Path:
 def slide_050(tmp_path: Path) -> Path:
     """Reference slide at 0.5 µm/px (20x), Aperio SVS."""
     return write_reference_slide(tmp_path / "s050.svs", 0.5, flavour="svs")
+
+
+def run_together(procs: list, ready: list[Path], go: Path) -> list[str]:
+    """Let child processes that wait for ``go`` start at once (each touches its ``ready``
+    file when it has imported everything), then return their outputs."""
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    return [p.communicate(timeout=300)[0] for p in procs]

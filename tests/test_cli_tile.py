@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -9,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import TISSUE_TILES, read_manifest, shared_file, write_reference_slide
+from tests.conftest import (
+    TISSUE_TILES,
+    read_manifest,
+    run_together,
+    shared_file,
+    write_reference_slide,
+)
 from wsi.cli import main
 from wsi.synthetic.slides import write_slide
 
@@ -164,11 +169,7 @@ def test_two_tile_runs_on_one_folder_tile_every_slide_once(tmp_path):
     out, log, go = tmp_path / "out", tmp_path / "tiled.log", tmp_path / "go"
     ready = [tmp_path / f"ready{i}" for i in range(2)]
     procs = [_tile_process(slides, out, log, ready[i], go) for i in range(2)]
-    deadline = time.monotonic() + 120
-    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    go.touch()
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    outputs = run_together(procs, ready, go)
     assert [p.returncode for p in procs] == [0, 0], outputs
 
     tiled = [line.split() for line in log.read_text().splitlines()]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests import tiny_encoders
-from tests.conftest import read_manifest, write_reference_slide
+from tests.conftest import read_manifest, run_together, write_reference_slide
 from wsi.pipeline.embed import embed_archive
 from wsi.store.folder import (
     HOST,
@@ -173,11 +173,7 @@ def test_two_embed_runs_on_one_folder_embed_every_slide_once(archive, tmp_path):
     out, log = tmp_path / "out", tmp_path / "encoded.log"
     ready, go = [tmp_path / f"ready{i}" for i in range(2)], tmp_path / "go"
     procs = [_embed_process(archive, out, log, ready[i], go) for i in range(2)]
-    deadline = time.monotonic() + 120
-    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    go.touch()
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    outputs = run_together(procs, ready, go)
     assert [p.returncode for p in procs] == [0, 0], outputs
 
     reference = embed_archive([archive], tmp_path / "ref", encoder="tiny_logged", workers=0,
