@@ -178,3 +178,21 @@ def test_slide_and_reader_reprs_are_one_line_with_size_and_scale(tmp_path) -> No
     flat = write_flat_image(tmp_path / "flat.tif", np.zeros((40, 60, 3), np.uint8), mpp=0.5)
     with wsi.open_slide(flat) as slide:
         assert repr(slide._reader) == "<FlatImageReader 'flat.tif' 60×40 px, 1 level>"
+
+
+def test_quickhash_reads_an_unchanged_file_once_and_a_changed_one_again(tmp_path, monkeypatch):
+    import builtins
+    import os
+
+    from wsi.io.slide import quickhash
+
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"x" * 3_000_000)
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k))
+    first = quickhash(path)
+    assert quickhash(path) == first and len(opened) == 1
+    path.write_bytes(b"y" * 3_000_000)
+    os.utime(path, ns=(1, 1))  # a rewrite in place: same size, new mtime
+    assert quickhash(path) != first and len(opened) == 2

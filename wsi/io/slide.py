@@ -8,6 +8,7 @@ re-opens the file by path.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import math
 import os
@@ -375,11 +376,19 @@ def open_slide(
 
 
 def quickhash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """sha256 over a file's size, first ``chunk`` bytes and last ``chunk`` bytes."""
+    """sha256 over a file's size, first ``chunk`` bytes and last ``chunk`` bytes.
+
+    Remembered per process for an unchanged file (same size, mtime and inode): a batch run
+    asks once while planning and again under the slide's lock, and reads the file once."""
     p = Path(path)
-    size = p.stat().st_size
+    st = p.stat()
+    return _quickhash(os.path.abspath(p), st.st_size, st.st_mtime_ns, st.st_ino, chunk)
+
+
+@functools.lru_cache(maxsize=4096)
+def _quickhash(path: str, size: int, mtime_ns: int, inode: int, chunk: int) -> str:
     h = hashlib.sha256(str(size).encode())
-    with open(p, "rb") as f:
+    with open(path, "rb") as f:
         h.update(f.read(chunk))
         if size > chunk:
             f.seek(max(size - chunk, chunk))
