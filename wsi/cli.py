@@ -162,7 +162,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="cohort and training seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    _add_tme_parsers(sub)
     return parser
+
+
+def _add_tme_parsers(sub: argparse._SubParsersAction) -> None:
+    """``wsi tme VERB``: one block per verb (tile classifier, profiles)."""
+    tme = sub.add_parser("tme", help="tumour micro-environment: tile classifier, profiles")
+    verbs = tme.add_subparsers(dest="tme_command", required=True, metavar="VERB")
+
+    p = verbs.add_parser("train-classifier", help="tile tissue classifier from labelled tiles")
+    p.add_argument("--tiles", required=True, type=Path,
+                   help="folder with one subfolder per class, or a CSV path,label")
+    p.add_argument("--out", required=True, type=Path, help="classifier folder to write")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER,
+                   help="encoder of the slides' feature files (default %(default)s)")
+    p.add_argument("--weights", default=None, help="local encoder weights file")
+    p.add_argument("--tile-mpp", type=float, default=0.5, help="µm/px of the tiles (default 0.5)")
+    p.add_argument("--roles", default="kather2019",
+                   help="class → role map: kather2019 (default), kather2016 or a CSV class,role "
+                        "/ JSON file")
+    p.add_argument("--jitter", type=float, default=0.05,
+                   help="HED stain scale jitter, ± fraction (default %(default)s; 0: none)")
+    p.add_argument("--copies", type=int, default=2,
+                   help="jittered copies per tile (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tme_train_classifier)
+
+    p = verbs.add_parser("classify-tiles", help="classify tile images: CSV path,class,prob_<class>")
+    p.add_argument("--classifier", required=True, type=Path, help="folder of train-classifier")
+    p.add_argument("--tiles", required=True, type=Path, help="folder of tile images or a CSV path[,label]")
+    p.add_argument("--out", required=True, type=Path, help="CSV to write")
+    p.add_argument("--tile-mpp", type=float, default=None,
+                   help="µm/px of the tiles (default: the classifier's; another scale is refused)")
+    p.add_argument("--weights", default=None, help="local encoder weights file")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tme_classify_tiles)
 
 
 def _finish(rows: list[dict], out: Path) -> int:
@@ -263,6 +302,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     result = run_demo(args.out, n_slides=args.slides, seed=args.seed, progress=not args.quiet)
     print(result.summary())
+    return EXIT_OK
+
+
+def cmd_tme_train_classifier(args: argparse.Namespace) -> int:
+    """``wsi tme train-classifier``: fit and save a tile tissue classifier."""
+    from wsi.tme.classifier import train_tile_classifier
+
+    classifier = train_tile_classifier(
+        args.tiles, encoder=args.encoder, tile_mpp=args.tile_mpp, roles=args.roles,
+        weights=args.weights, jitter=args.jitter, copies=args.copies, seed=args.seed,
+        device=None if args.device == "auto" else args.device, progress=not args.quiet,
+    )
+    classifier.save(args.out)
+    print(classifier)
+    for name, count in classifier.metadata["tiles_per_class"].items():
+        print(f"  {name}: {count} tiles -> {classifier.roles[name]}")
+    print(f"-> {args.out}")
+    return EXIT_OK
+
+
+def cmd_tme_classify_tiles(args: argparse.Namespace) -> int:
+    """``wsi tme classify-tiles``: predicted class and probabilities per tile image."""
+    from wsi.tme.classifier import TileClassifier, classify_tiles, tile_accuracy, write_table
+
+    table = classify_tiles(
+        TileClassifier.load(args.classifier), args.tiles, tile_mpp=args.tile_mpp,
+        weights=args.weights, device=None if args.device == "auto" else args.device,
+        progress=not args.quiet,
+    )
+    write_table(table, args.out)
+    score = tile_accuracy(table)
+    if score:
+        print(f"against the labels: accuracy {score['accuracy']:.3f}, "
+              f"balanced accuracy {score['balanced_accuracy']:.3f} ({score['n']} tiles)")
+    print(f"{len(table)} tiles classified -> {args.out}")
     return EXIT_OK
 
 

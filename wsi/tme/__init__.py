@@ -21,9 +21,13 @@ the encoders load on first use.
 from typing import TYPE_CHECKING, Any
 
 from wsi.tme.nuclei import NucleusParams, detect_nuclei, nuclei_summary
-from wsi.tme.roles import ROLE_COLOURS, ROLE_PRESETS, ROLES, assign_roles, load_role_map
 
 _LAZY = {
+    "ROLES": "wsi.tme.roles",
+    "ROLE_COLOURS": "wsi.tme.roles",
+    "ROLE_PRESETS": "wsi.tme.roles",
+    "assign_roles": "wsi.tme.roles",
+    "load_role_map": "wsi.tme.roles",
     "TileClassifier": "wsi.tme.classifier",
     "classify_feature_file": "wsi.tme.classifier",
     "classify_tiles": "wsi.tme.classifier",
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
         train_tile_classifier,
     )
     from wsi.tme.jitter import hed_jitter
+    from wsi.tme.roles import ROLE_COLOURS, ROLE_PRESETS, ROLES, assign_roles, load_role_map
     from wsi.tme.tile_images import TileSet, find_tiles, read_tiles
 
 

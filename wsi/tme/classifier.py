@@ -437,3 +437,30 @@ def classify_tiles(
     if any(tile_set.labels):
         table["label"] = list(tile_set.labels)
     return table
+
+
+def tile_accuracy(table: pd.DataFrame) -> dict[str, float] | None:
+    """``accuracy``, ``balanced_accuracy`` (scikit-learn; over the classes present in
+    ``label``) and ``n`` of a :func:`classify_tiles` table whose tiles have a ``label``;
+    None without labels."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    if "label" not in table or not len(table):
+        return None
+    truth, predicted = table["label"].astype(str), table["class"].astype(str)
+    return {
+        "accuracy": float((truth == predicted).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
+        "n": len(table),
+    }
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a table as CSV atomically (parent folders created); returns the path."""
+    from models.atomic import atomic_path
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        table.to_csv(tmp, index=False)
+    return target
