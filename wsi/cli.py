@@ -203,6 +203,28 @@ def _add_tme_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_tme_classify_tiles)
 
+    p = verbs.add_parser("profile", help="TME profile per slide: DIR/tme.csv, maps, GeoJSON")
+    p.add_argument("slides", nargs="+", metavar="SLIDES", help="files, folders or globs")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--classifier", required=True, type=Path, help="folder of train-classifier")
+    p.add_argument("--features", type=Path, action="append", default=None,
+                   help="folder of `wsi embed` feature files (repeatable; default: --out; "
+                        "slides without one are embedded into --out)")
+    p.add_argument("--cohort-quantile", type=float, default=None, metavar="Q",
+                   help="phenotype thresholds at this quantile of the cohort's tumour grid cells "
+                        "(default: Park et al. 2022's 130 / 260 lymphocytes per mm²)")
+    p.add_argument("--stroma-um", type=float, default=500.0,
+                   help="stroma within this distance of the tumour region counts as stromal "
+                        "(µm, default %(default)s)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="nuclei-detection processes (default 0: in this process)")
+    p.add_argument("--weights", default=None, help="local encoder weights file (for embedding)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--no-maps", action="store_true", help="no PNG maps or GeoJSON")
+    p.add_argument("--redo", action="store_true", help="recompute slides already profiled")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tme_profile)
+
 
 def _finish(rows: list[dict], out: Path) -> int:
     counts: dict[str, int] = {}
@@ -303,6 +325,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.out, n_slides=args.slides, seed=args.seed, progress=not args.quiet)
     print(result.summary())
     return EXIT_OK
+
+
+def cmd_tme_profile(args: argparse.Namespace) -> int:
+    """``wsi tme profile``: one TME profile per slide into DIR/tme.csv (exit 1 when a slide
+    failed: see DIR/tme/manifest.csv)."""
+    from wsi.pipeline.tme import profile_run, profile_settings
+
+    settings = profile_settings(
+        stroma_um=args.stroma_um, cohort_quantile=args.cohort_quantile, workers=args.workers,
+        weights=args.weights, device=None if args.device == "auto" else args.device,
+        maps=not args.no_maps, skip_done=not args.redo, progress=not args.quiet,
+        debug=args.debug)
+    table = profile_run(args.slides, args.out, classifier=args.classifier,
+                        features=args.features, settings=settings)
+    manifest = _manifest_rows(args.out / "tme" / "manifest.csv")
+    failed = [r for r in manifest if r["status"] == "failed"]
+    print(f"{len(table)} slides profiled, {len(failed)} failed -> {args.out}/tme.csv")
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _manifest_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a manifest CSV."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def cmd_tme_train_classifier(args: argparse.Namespace) -> int:

@@ -82,6 +82,20 @@ class ProfileRunSettings:
     debug: bool = False
 
 
+def profile_settings(*, stroma_um: float = 500.0, **fields: Any) -> ProfileRunSettings:
+    """:class:`ProfileRunSettings` with the stromal distance (µm) set and other ``fields``."""
+    from wsi.errors import InvalidParameterError
+    from wsi.tme.regions import RegionParams
+
+    if not stroma_um > 0:
+        raise InvalidParameterError(f"the stromal distance must be > 0 µm, got {stroma_um}")
+    quantile = fields.get("cohort_quantile")
+    if quantile is not None and not 0 < quantile < 1:
+        raise InvalidParameterError(f"--cohort-quantile must be between 0 and 1, got {quantile}")
+    params = ProfileParams(regions=RegionParams(stroma_distance_um=stroma_um))
+    return ProfileRunSettings(params=params, **fields)
+
+
 def find_feature_file(slide_id: str, encoder: str, roots: Iterable[Path]) -> Path | None:
     """The first existing feature file of ``slide_id`` for ``encoder`` under ``roots``."""
     name = encoder_dirname(encoder)

@@ -38,9 +38,19 @@ _LAZY = {
     "TileSet": "wsi.tme.tile_images",
     "find_tiles": "wsi.tme.tile_images",
     "read_tiles": "wsi.tme.tile_images",
+    # the per-slide profile (pure, from a tile table) and the run over slides
+    "ProfileParams": "wsi.tme.profile",
+    "TmeProfile": "wsi.tme.profile",
+    "slide_profile": "wsi.tme.profile",
+    "PhenotypeThresholds": "wsi.tme.phenotype",
+    "morisita_horn": "wsi.tme.phenotype",
+    "RegionParams": "wsi.tme.regions",
+    "ProfileRunSettings": "wsi.pipeline.tme",
+    "profile_run": "wsi.pipeline.tme",
 }
 
 if TYPE_CHECKING:
+    from wsi.pipeline.tme import ProfileRunSettings, profile_run
     from wsi.tme.classifier import (
         TileClassifier,
         classify_feature_file,
@@ -50,6 +60,9 @@ if TYPE_CHECKING:
         train_tile_classifier,
     )
     from wsi.tme.jitter import hed_jitter
+    from wsi.tme.phenotype import PhenotypeThresholds, morisita_horn
+    from wsi.tme.profile import ProfileParams, TmeProfile, slide_profile
+    from wsi.tme.regions import RegionParams
     from wsi.tme.roles import ROLE_COLOURS, ROLE_PRESETS, ROLES, assign_roles, load_role_map
     from wsi.tme.tile_images import TileSet, find_tiles, read_tiles
 
@@ -87,4 +100,12 @@ __all__ = [
     "nuclei_summary",
     "read_tiles",
     "train_tile_classifier",
+    "PhenotypeThresholds",
+    "ProfileParams",
+    "ProfileRunSettings",
+    "RegionParams",
+    "TmeProfile",
+    "morisita_horn",
+    "profile_run",
+    "slide_profile",
 ]

@@ -34,20 +34,10 @@ import pandas as pd
 
 from wsi.tme.phenotype import PhenotypeThresholds, grid_cells, morisita_horn, slide_phenotype
 from wsi.tme.regions import RegionParams, locate_tiles
+from wsi.tme.roles import ROLES
 
-PROFILE_ROLES = (
-    "tumour",
-    "stroma",
-    "immune",
-    "necrosis",
-    "mucus",
-    "muscle",
-    "fat",
-    "normal_epithelium",
-    "background",
-    "other",
-)
-"""The roles a profile has a ``fraction_<role>`` column for (those of the tile classifier)."""
+PROFILE_ROLES = ROLES
+"""The roles a profile has a ``fraction_<role>`` column for: :data:`wsi.tme.roles.ROLES`."""
 
 REQUIRED_COLUMNS = ("x_um", "y_um", "role", "n_lymphocytes")
 """Columns a tile table must have; ``n_nuclei``, ``tissue_fraction`` (default 1) and
