@@ -12,6 +12,10 @@ other processes hits both alike. Not a test: numbers depend on the machine.
 The tile classifier (``wsi.tme.classify_feature_file``: read the HDF5 features, probe,
 table) is timed per tile on a feature file of ``--slide-tiles`` rows made of those tiles'
 features; the issue asks for ≥ 100× faster than reading + encoding.
+
+Memory of a TME profile: ``wsi.tme.slide_profile``'s peak traced memory on 10k- and 100k-tile
+tables (linear in tiles: the table itself, no pixels), and ``count_nuclei``'s over 128 vs 512
+tiles read from a mosaic slide (flat: pixels stream through in batches of 32).
 """
 
 from __future__ import annotations
@@ -90,6 +94,64 @@ def time_classify(classifier, path: Path, rows: int) -> float:
     return (time.perf_counter() - start) / rows
 
 
+def profile_memory(n_tiles: int) -> tuple[float, float]:
+    """(peak traced MB, seconds) of ``wsi.tme.slide_profile`` on a synthetic square slide of
+    ``n_tiles`` tiles of 112 µm (a tumour disc, random roles and lymphocyte counts)."""
+    import tracemalloc
+
+    import pandas as pd
+
+    from wsi.tme.profile import slide_profile
+
+    side = int(np.sqrt(n_tiles))
+    iy, ix = np.divmod(np.arange(side * side), side)
+    rng = np.random.default_rng(0)
+    disc = np.hypot(ix - side / 2, iy - side / 2) < side / 4
+    table = pd.DataFrame(
+        {
+            "x_um": ix * 112.0,
+            "y_um": iy * 112.0,
+            "role": np.where(disc, "tumour", rng.choice(["stroma", "immune", "fat"], side * side)),
+            "n_lymphocytes": rng.poisson(5, side * side),
+            "n_nuclei": rng.poisson(60, side * side),
+        }
+    )
+    tracemalloc.start()
+    start = time.perf_counter()
+    slide_profile(table, tile_um=112.0)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return peak, seconds
+
+
+def nuclei_stream_memory(tiles: list[np.ndarray], n_tiles: int, folder: Path) -> float:
+    """Peak traced MB of counting nuclei (``wsi.pipeline.tme_nuclei.count_nuclei``, batches
+    of 32 read from a mosaic slide) over ``n_tiles`` tiles: flat if it streams."""
+    import tracemalloc
+
+    from wsi.pipeline.tme_nuclei import TileGeometry, count_nuclei
+    from wsi.synthetic.mosaic import write_pyramid
+
+    side = int(np.ceil(np.sqrt(n_tiles)))
+    image = np.concatenate(
+        [
+            np.concatenate([tiles[(r * side + c) % len(tiles)] for c in range(side)], 1)
+            for r in range(side)
+        ],
+        0,
+    )
+    path = write_pyramid(folder / f"mosaic_{n_tiles}.tif", image, mpp=MPP)
+    iy, ix = np.divmod(np.arange(n_tiles), side)
+    coords = np.stack([ix * 224, iy * 224], 1).astype(np.int64)
+    geometry = TileGeometry(str(path), MPP, coords, 224.0, 224, 0, MPP)
+    tracemalloc.start()
+    count_nuclei(geometry, batch_size=32)
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -122,6 +184,20 @@ def main() -> None:
     print(f"classify from features  {1000 * per_tile:7.4f} ms/tile ({args.slide_tiles} tiles "
           f"from one feature file)")
     print(f"(read + encode) ÷ classify from features = {base / per_tile:.0f}x")
+
+    # memory: the profile of a 100k-tile slide, and nuclei counting streamed in batches
+    small, big = (profile_memory(n) for n in (10_000, 100_000))
+    print(
+        f"slide_profile 10k tiles: peak {small[0]:.0f} MB, {small[1]:.2f} s; "
+        f"100k tiles: peak {big[0]:.0f} MB, {big[1]:.2f} s"
+    )
+    if paths:
+        streamed = [nuclei_stream_memory(tiles, n, Path(scratch.name)) for n in (128, 512)]
+        print(
+            f"count_nuclei peak traced memory: {streamed[0]:.0f} MB for 128 tiles, "
+            f"{streamed[1]:.0f} MB for 512 tiles (ratio {streamed[1] / streamed[0]:.2f})"
+        )
+
 
 
 if __name__ == "__main__":

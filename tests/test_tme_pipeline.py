@@ -135,6 +135,17 @@ def test_profile_run_end_to_end(tmp_path: Path):
     assert (out / "tme" / "nest.json").stat().st_mtime_ns != stamp
     assert third.set_index("slide_id").loc["nest", "immune_phenotype"] in ("desert", "")
 
+    # the CLI over the same folder: cohort-quantile thresholds, recorded in the JSON
+    from wsi.cli import main
+
+    clf.save(tmp_path / "clf")
+    code = main(["tme", "profile", str(slides), "--out", str(out), "--classifier",
+                 str(tmp_path / "clf"), "--cohort-quantile", "0.5", "--no-maps", "--quiet"])
+    assert code == 0
+    body = json.loads((out / "tme" / "nest.json").read_text())
+    assert body["provenance"]["thresholds"]["source"].startswith("cohort quantile 0.5")
+    assert len(pd.read_csv(out / "tme.csv")) == 2
+
 
 CALIBRATED = ProfileParams(
     thresholds=PhenotypeThresholds(

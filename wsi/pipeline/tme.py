@@ -467,9 +467,15 @@ def _recompute_with_cohort(
     stored = {it.index: _stored(out, it) for it in done}
     cells = [_reprofile(*stored[it.index], settings.params).cells for it in done]
     assert settings.cohort_quantile is not None
-    thresholds = PhenotypeThresholds.from_cohort(
-        cells, quantile=settings.cohort_quantile, base=settings.params.thresholds
-    )
+    try:
+        thresholds = PhenotypeThresholds.from_cohort(
+            cells, quantile=settings.cohort_quantile, base=settings.params.thresholds
+        )
+    except ValueError as exc:  # no tumour anywhere: the literature thresholds stay
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"cohort-quantile thresholds: {exc}")
+        return
     params = replace(settings.params, thresholds=thresholds)
     for it in done:
         sid = slide_id_of(it.path)
