@@ -306,3 +306,28 @@ def test_cli_export_anndata_and_qupath(cohort, tmp_path):
     assert main(["export", "qupath", "--features", str(cohort["features"]), "--out",
                  str(tmp_path / "q"), "--tme", str(cohort["tme"]), "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["a.geojson", "b.geojson"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # scanpy 1.11 points to squidpy
+def test_scanpy_pl_spatial_draws_each_tile_on_its_tissue(cohort):
+    """scanpy.pl.spatial, unchanged, on an exported slide: one circle per tile, a tile wide,
+    centred on tissue pixels of the thumbnail it draws under them."""
+    sc = pytest.importorskip("scanpy")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from wsi.export import to_anndata
+
+    adata = to_anndata(cohort["features"], thumbnail_px=300)
+    for sid, mpp0 in (("a", 0.5), ("b", 0.25)):
+        [ax] = sc.pl.spatial(adata[adata.obs["library_id"] == sid], library_id=sid, show=False)
+        image = ax.images[0].get_array()
+        boxes = np.array([p.get_extents().get_points() for p in ax.collections[0].get_paths()])
+        centres, widths = boxes.mean(axis=1), boxes[:, 1, 0] - boxes[:, 0, 0]
+        scale = adata.uns["spatial"][sid]["scalefactors"]["tissue_lowres_scalef"]
+        assert len(centres) == TISSUE_TILES
+        np.testing.assert_allclose(widths, TILE_UM / mpp0 * scale, rtol=1e-6)
+        pixels = image[centres[:, 1].astype(int), centres[:, 0].astype(int)].astype(int)
+        assert (pixels.max(axis=1) - pixels.min(axis=1) > 60).all()
+        matplotlib.pyplot.close("all")

@@ -101,8 +101,24 @@ def cli_page() -> str:
             f"## wsi {name}", "", _cell(helps.get(name, "")), "",
             "```text", sub.format_usage().strip(), "```", "",
             *_options_table(sub),
+            *_verbs_section(f"wsi {name}", sub),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _verbs_section(prefix: str, parser: argparse.ArgumentParser) -> list[str]:
+    """A section per verb of a command group (``wsi export anndata``, ``wsi tme …``)."""
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    lines: list[str] = []
+    for group in nested:
+        helps = {c.dest: c.help for c in group._choices_actions}
+        for name, sub in group.choices.items():
+            lines += [
+                f"### {prefix} {name}", "", _cell(helps.get(name, "")), "",
+                "```text", sub.format_usage().strip(), "```", "",
+                *_options_table(sub),
+            ]
+    return lines
 
 
 def _target(package: str, name: str) -> str:
