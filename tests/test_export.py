@@ -48,9 +48,14 @@ def cohort(tmp_path_factory):
         table = pd.DataFrame({
             "x": coords[:, 0], "y": coords[:, 1],
             "role": [ROLES[i % 3] for i in range(n)],
-            "prob_tumour": np.linspace(0, 1, n), "lymphocytes": np.arange(n),
+            "prob_tumour": np.linspace(0, 1, n), "n_lymphocytes": np.arange(n),
         })
-        table.sample(frac=1, random_state=1).to_csv(tme / f"{sid}.csv", index=False)
+        # a: where `wsi tme profile` writes it, rows shuffled; b: the flat layout, in order
+        if sid == "a":
+            (tme / "tme").mkdir()
+            table.sample(frac=1, random_state=1).to_csv(tme / "tme" / "a.tiles.csv", index=False)
+        else:
+            table.drop(columns=["x", "y"]).to_csv(tme / "b.csv", index=False)
         centres = coords[:3] + 10
         pd.DataFrame({"x": centres[:, 0], "y": centres[:, 1],
                       "lymphocyte": [True, False, True]}).to_csv(tme / "nuclei" / f"{sid}.csv",
@@ -137,12 +142,19 @@ def test_anndata_carries_tme_tables_aligned_by_position(cohort):
     from wsi.export import to_anndata
 
     adata = to_anndata(cohort["features"], tme=cohort["tme"])
-    obs = adata.obs[adata.obs["slide_id"] == "a"]
-    n = len(obs)
-    # the CSV rows were shuffled: they come back in feature-file order, matched on x, y
-    assert obs["role"].astype(str).tolist() == [ROLES[i % 3] for i in range(n)]
-    np.testing.assert_allclose(obs["prob_tumour"], np.linspace(0, 1, n))
-    np.testing.assert_allclose(obs["lymphocytes_per_mm2"], np.arange(n) / TILE_MM2)
+    for sid in ("a", "b"):  # a's rows were shuffled (matched on x, y), b's have no x, y
+        obs = adata.obs[adata.obs["slide_id"] == sid]
+        n = len(obs)
+        assert obs["role"].astype(str).tolist() == [ROLES[i % 3] for i in range(n)]
+        np.testing.assert_allclose(obs["prob_tumour"], np.linspace(0, 1, n))
+        np.testing.assert_allclose(obs["n_lymphocytes_per_mm2"], np.arange(n) / TILE_MM2)
+
+
+def test_a_tme_table_without_xy_and_another_length_is_refused(tmp_path):
+    from wsi.export.tme_tables import align_to_coords
+
+    with pytest.raises(InvalidParameterError, match="3 rows without x, y columns for 2 tiles"):
+        align_to_coords(pd.DataFrame({"role": ["a", "b", "c"]}), np.zeros((2, 2)), source="t")
 
 
 @pytest.mark.slow
@@ -241,8 +253,8 @@ def test_qupath_geojson_has_one_detection_per_tile_with_roles_and_measurements(c
             assert props["classification"]["name"] == ROLES[i % 3]
             assert tuple(props["classification"]["color"]) == palette(ROLES)[ROLES[i % 3]]
             m = props["measurements"]
-            assert m["lymphocytes"] == i
-            assert m["lymphocytes_per_mm2"] == pytest.approx(i / TILE_MM2)
+            assert m["n_lymphocytes"] == i
+            assert m["n_lymphocytes_per_mm2"] == pytest.approx(i / TILE_MM2)
         assert [p["properties"]["classification"]["name"] for p in points] == [
             "lymphocyte", "nucleus", "lymphocyte"]
         assert shapely.Point(points[0]["geometry"]["coordinates"]).x == tiles.coords[0, 0] + 10
@@ -331,3 +343,25 @@ def test_scanpy_pl_spatial_draws_each_tile_on_its_tissue(cohort):
         pixels = image[centres[:, 1].astype(int), centres[:, 0].astype(int)].astype(int)
         assert (pixels.max(axis=1) - pixels.min(axis=1) > 60).all()
         matplotlib.pyplot.close("all")
+
+
+def test_a_slide_missing_from_coords_fails_alone(cohort, tmp_path):
+    from wsi.export import export_tiles
+
+    coords = tmp_path / "coords"
+    coords.mkdir()
+    (coords / "a.h5").symlink_to(cohort["features"] / "a.h5")
+    result = export_tiles([cohort["slides"]], tmp_path / "t", coords=coords, max_tiles=2)
+    assert list(result.failed) == ["b"] and "no b.h5 in" in result.failed["b"]
+    assert result.index["slide_id"].tolist() == ["a", "a"]
+
+
+def test_from_anndata_returns_only_columns_added_after_export(cohort):
+    from wsi.export import from_anndata, to_anndata
+
+    adata = to_anndata(cohort["features"], tme=cohort["tme"], labels=cohort["labels"])
+    assert list(from_anndata(adata).columns) == ["slide_id", "tile_id", "x", "y"]
+    adata.obs["cluster"] = np.arange(adata.n_obs) % 2
+    table = from_anndata(adata)
+    assert table["cluster"].tolist() == (np.arange(adata.n_obs) % 2).tolist()
+    assert table["tile_id"].tolist() == list(range(TISSUE_TILES)) * 2

@@ -156,12 +156,9 @@ def _tile_level(
     frames = [_tile_obs(s, tme, maps.get(s.slide_id, {})) for s in with_tiles]
     if not frames:
         raise ValueError("no tiles in any feature file: nothing to export at tile level")
-    obs = pd.concat(frames, ignore_index=True)
-    ours = list(obs.columns)
-    obs = _with_labels(obs, label_table)
-    for column in ("slide_id", "library_id", "role", "class"):
-        if column in obs.columns:
-            obs[column] = pd.Categorical(obs[column].astype(str))
+    obs = _categorical_text(_with_labels(pd.concat(frames, ignore_index=True), label_table))
+    for column in ("slide_id", "library_id"):
+        obs[column] = pd.Categorical(obs[column].astype(str))
     obs.index = [f"{sid}-{tid}" for sid, tid in zip(obs["slide_id"], obs["tile_id"], strict=True)]
     X = np.concatenate([s.features for s in with_tiles]).astype(np.float32, copy=False)
     adata = ad.AnnData(X=X, obs=obs, var=_var(X.shape[1]))
@@ -171,7 +168,7 @@ def _tile_level(
         s.slide_id: _spatial_entry(s, slide_files.get(s.slide_id), thumbnail_px)
         for s in _bar(with_tiles, progress, "thumbnails")
     }
-    adata.uns["wsi"] = {**provenance, "obs_columns": ours}
+    adata.uns["wsi"] = {**provenance, "obs_columns": list(obs.columns)}
     return adata
 
 
@@ -264,7 +261,6 @@ def _slide_level(
             "tile_mpp": [float(s.tile_mpp or np.nan) for s in with_tiles],
         }
     )
-    ours = list(obs.columns)
     obs = _with_labels(obs, label_table)
     extra = [read_slide_table(tme) if tme is not None else None, predictions]
     for table in extra:
@@ -275,7 +271,7 @@ def _slide_level(
     obs.index = obs["slide_id"].astype(str).tolist()
     obs = _categorical_text(obs)
     adata = ad.AnnData(X=X, obs=obs, var=_var(X.shape[1]))
-    adata.uns["wsi"] = {**provenance, "obs_columns": ours}
+    adata.uns["wsi"] = {**provenance, "obs_columns": list(obs.columns)}
     return adata
 
 

@@ -28,7 +28,7 @@ from wsi.export.tme_tables import (
     read_tile_table,
     with_densities,
 )
-from wsi.viz.geojson import feature_collection, point_detections, tile_detections
+from wsi.viz.geojson import point_detections, tile_detections
 
 NUCLEUS_COLOURS = {"lymphocyte": (30, 60, 220), "nucleus": (120, 40, 140)}
 
@@ -100,9 +100,13 @@ def slide_geojson(
     if labels is not None and class_column:
         column = tile_labels_for(labels, s.slide_id, len(s))[class_column]
         classes = [("" if pd.isna(v) else _name(v)) for v in column]
-    colours = palette([c for c in classes or [] if c])
-    features = tile_detections(
-        s.coords, s.tile_size_level0, classes=classes, colours=colours, measurements=measurements
+    names = None if classes is None else [c or None for c in classes]
+    collection = tile_detections(
+        s.coords,
+        s.tile_size_level0,
+        classifications=names,
+        colours=palette([c for c in names or [] if c]),
+        measurements=measurements,
     )
     nuclei = read_nuclei(tme, s.slide_id) if tme is not None else None
     if nuclei is not None and len(nuclei):
@@ -111,10 +115,12 @@ def slide_geojson(
             if "lymphocyte" in nuclei.columns
             else np.full(len(nuclei), "nucleus")
         )
-        features += point_detections(
-            nuclei[["x", "y"]].to_numpy(), classes=kind.tolist(), colours=NUCLEUS_COLOURS
+        collection["features"] += point_detections(
+            nuclei[["x", "y"]].to_numpy().tolist(),
+            classifications=kind.tolist(),
+            colours=NUCLEUS_COLOURS,
         )
-    return feature_collection(features)
+    return collection
 
 
 def _name(value: object) -> str:

@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from models.atomic import write_atomic
-from wsi.errors import InvalidParameterError, WsiError
+from wsi.errors import FeatureFileError, InvalidParameterError, WsiError
 from wsi.export.sources import PathLike, read_slide_tiles
 from wsi.export.tme_tables import read_tile_table
 from wsi.options import TileOptions
@@ -74,8 +74,8 @@ def export_tiles(
     """Write each slide's tiles as images under ``out`` and ``out/index.csv``.
 
     ``slides``: files, folders or globs. Tiles come from ``coords`` (a ``patches/`` or
-    ``features/<encoder>`` folder with ``{slide_id}.h5``) when it has the slide, else from
-    a grid made now with ``tiling`` (default :class:`~wsi.TileOptions`). ``role`` keeps
+    ``features/<encoder>`` folder with ``{slide_id}.h5``; a slide without one fails), or
+    without ``coords`` from a grid made now with ``tiling`` (default :class:`~wsi.TileOptions`). ``role`` keeps
     the tiles a TME folder (``tme``) gives that role; ``max_tiles`` picks at most that many
     per slide (a seeded random choice, kept in tile order). ``quality``: JPEG quality 1-95.
     A slide that fails is recorded in ``failed`` and the others go on.
@@ -180,9 +180,15 @@ def _export_slide(
 
 
 def _plan(slide: Any, sid: str, coords: PathLike | None, tiling: TileOptions) -> _Plan:
-    """The slide's tiles from ``coords/{sid}.h5`` when there, else a grid made now."""
-    stored = Path(coords) / f"{sid}.h5" if coords is not None else None
-    if stored is not None and stored.is_file():
+    """The slide's tiles from ``coords/{sid}.h5`` (an error when absent), or without
+    ``coords`` a grid made now."""
+    if coords is not None:
+        stored = Path(coords) / f"{sid}.h5"
+        if not stored.is_file():
+            raise FeatureFileError(
+                f"no {stored.name} in {coords}: tile the slide first (`wsi tile`/`wsi embed`) "
+                "or leave out --coords to tile it now"
+            )
         tiles = read_slide_tiles(stored, features=False)
         level = min(int(tiles.attrs.get("patch_level", 0)), slide.level_count - 1)
         mpp = tiles.tile_mpp or tiles.tile_size_level0 * slide.mpp / tiles.tile_size_px

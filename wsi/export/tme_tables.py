@@ -4,8 +4,8 @@ The contract (small on purpose, so any tool can write it):
 
 - ``DIR/tme.csv``: one row per slide, keyed by ``slide_id``; every other column is carried
   into slide-level exports as it is.
-- per slide, a per-tile table, the first of ``DIR/{slide_id}.csv``, ``DIR/tiles/{slide_id}.csv``,
-  ``DIR/{slide_id}/tiles.csv``, ``DIR/{slide_id}_tiles.csv`` (``.csv.gz`` too): one row per
+- per slide, a per-tile table, the first of :data:`TILE_TABLE_NAMES` under ``DIR``
+  (``wsi tme profile`` writes ``DIR/tme/{slide_id}.tiles.csv``; ``.csv.gz`` too): one row per
   tile with ``x, y`` (top-left in level-0 px, as the feature file's ``coords``: rows are
   matched on them) or, without ``x, y``, exactly one row per tile in the feature file's
   order. Columns used: ``role`` (str), ``class`` (str), ``prob_<name>`` (0-1), and counts
@@ -25,7 +25,14 @@ import pandas as pd
 
 from wsi.errors import InvalidParameterError
 
-TILE_TABLE_NAMES = ("{sid}.csv", "tiles/{sid}.csv", "{sid}/tiles.csv", "{sid}_tiles.csv")
+TILE_TABLE_NAMES = (
+    "tme/{sid}.tiles.csv",
+    "{sid}.tiles.csv",
+    "{sid}.csv",
+    "tiles/{sid}.csv",
+    "{sid}/tiles.csv",
+    "{sid}_tiles.csv",
+)
 """Where a slide's per-tile TME table is looked for under the TME folder, in this order."""
 
 TEXT_COLUMNS = ("role", "class")
