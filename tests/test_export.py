@@ -365,3 +365,10 @@ def test_from_anndata_returns_only_columns_added_after_export(cohort):
     table = from_anndata(adata)
     assert table["cluster"].tolist() == (np.arange(adata.n_obs) % 2).tolist()
     assert table["tile_id"].tolist() == list(range(TISSUE_TILES)) * 2
+
+
+def test_an_embed_output_folder_points_at_its_encoder_folders(cohort):
+    from wsi.export import to_anndata
+
+    with pytest.raises(FeatureFileError, match=r"pass one encoder's features: .*features/tiny"):
+        to_anndata(cohort["root"] / "out")

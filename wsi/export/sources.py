@@ -125,7 +125,7 @@ def feature_paths(features: PathLike | Sequence[PathLike]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for item in items:
         item = Path(item)
-        batch = {item.stem: item} if item.is_file() else feature_files(item)
+        batch = {item.stem: item} if item.is_file() else _feature_files(item)
         for slide_id, path in batch.items():
             if slide_id in found:
                 raise FeatureFileError(
@@ -135,6 +135,18 @@ def feature_paths(features: PathLike | Sequence[PathLike]) -> dict[str, Path]:
             found[slide_id] = path
     check_one_encoder(found.values())
     return found
+
+
+def _feature_files(folder: Path) -> dict[str, Path]:
+    """:func:`wsi.cohort.feature_files`, pointing at ``OUT/features/<encoder>`` when given a
+    `wsi embed` output folder."""
+    encoders = sorted(p.name for p in (folder / "features").glob("*") if p.is_dir())
+    if encoders and not any(folder.glob("*.h5")):
+        raise FeatureFileError(
+            f"{folder} is a `wsi embed` output folder; pass one encoder's features: "
+            + ", ".join(str(folder / "features" / e) for e in encoders)
+        )
+    return feature_files(folder)
 
 
 def check_one_encoder(paths: Iterable[Path]) -> str:
