@@ -167,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _finish(rows: list[dict], out: Path) -> int:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    tiles = sum(int(r["n_tiles"]) for r in rows)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    print(f"{len(rows)} slides ({summary}), {tiles} tiles -> {out}/manifest.csv")
+    return EXIT_SOME_FAILED if counts.get("failed") else EXIT_OK
+
+
 def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
     """``wsi export anndata|qupath|tiles``: our outputs for scanpy, QuPath and other tools."""
     group = sub.add_parser("export", help="to scanpy/squidpy (.h5ad), QuPath (GeoJSON), tile images")
@@ -253,16 +263,6 @@ def cmd_export_tiles(args: argparse.Namespace) -> int:
     print(f"{len(result.index)} tiles from {result.index['slide_id'].nunique()} slides "
           f"-> {result.index_path}")
     return EXIT_SOME_FAILED if result.failed else EXIT_OK
-
-
-def _finish(rows: list[dict], out: Path) -> int:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    tiles = sum(int(r["n_tiles"]) for r in rows)
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    print(f"{len(rows)} slides ({summary}), {tiles} tiles -> {out}/manifest.csv")
-    return EXIT_SOME_FAILED if counts.get("failed") else EXIT_OK
 
 
 def cmd_tile(args: argparse.Namespace) -> int:

@@ -101,20 +101,20 @@ def cli_page() -> str:
             f"## wsi {name}", "", _cell(helps.get(name, "")), "",
             "```text", sub.format_usage().strip(), "```", "",
             *_options_table(sub),
-            *_verbs_section(f"wsi {name}", sub),
+            *_verb_sections(sub, f"wsi {name}"),
         ]
     return "\n".join(lines) + "\n"
 
 
-def _verbs_section(prefix: str, parser: argparse.ArgumentParser) -> list[str]:
-    """A section per verb of a command group (``wsi export anndata``, ``wsi tme …``)."""
-    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+def _verb_sections(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
+    """A section per verb of a command group (``wsi tme train-classifier``...)."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     lines: list[str] = []
-    for group in nested:
+    for group in groups:
         helps = {c.dest: c.help for c in group._choices_actions}
-        for name, sub in group.choices.items():
+        for verb, sub in group.choices.items():
             lines += [
-                f"### {prefix} {name}", "", _cell(helps.get(name, "")), "",
+                f"### {prefix} {verb}", "", _cell(helps.get(verb, "")), "",
                 "```text", sub.format_usage().strip(), "```", "",
                 *_options_table(sub),
             ]
