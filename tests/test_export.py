@@ -121,21 +121,23 @@ def test_anndata_coordinates_are_tile_centres_in_level0_px_and_um(cohort):
 
 
 def test_thumbnail_pixels_under_tile_centres_are_tissue(cohort):
-    """scanpy.pl.spatial's geometry: image px = obsm['spatial'] × tissue_lowres_scalef."""
+    """scanpy.pl.spatial's geometry: image px = obsm['spatial'] × tissue_<key>_scalef, for
+    the lowres (scanpy) and hires (squidpy's default) images."""
     from wsi.export import to_anndata
 
-    adata = to_anndata(cohort["features"], thumbnail_px=300)
-    for sid in ("a", "b"):
+    adata = to_anndata(cohort["features"], thumbnail_px=300, hires_px=500)
+    for sid, key in (("a", "lowres"), ("a", "hires"), ("b", "lowres"), ("b", "hires")):
         entry = adata.uns["spatial"][sid]
-        image = entry["images"]["lowres"]
-        assert max(image.shape[:2]) == 300
-        scale = entry["scalefactors"]["tissue_lowres_scalef"]
+        image = entry["images"][key]
+        assert max(image.shape[:2]) == {"lowres": 300, "hires": 500}[key]
+        scale = entry["scalefactors"][f"tissue_{key}_scalef"]
         xy = adata[adata.obs["library_id"] == sid].obsm["spatial"] * scale
         pixels = image[np.floor(xy[:, 1]).astype(int), np.floor(xy[:, 0]).astype(int)].astype(int)
         saturation = pixels.max(axis=1) - pixels.min(axis=1)
         glass = image[2, 2].astype(int)
         assert glass.max() - glass.min() < 10  # the corner is blank glass…
         assert (saturation > 60).all()  # …and every tile centre is on the (pink) tissue
+    assert "hires" not in to_anndata(cohort["features"], hires_px=0).uns["spatial"]["a"]["images"]
 
 
 def test_anndata_carries_tme_tables_aligned_by_position(cohort):
@@ -331,14 +333,14 @@ def test_scanpy_pl_spatial_draws_each_tile_on_its_tissue(cohort):
     matplotlib.use("Agg")
     from wsi.export import to_anndata
 
-    adata = to_anndata(cohort["features"], thumbnail_px=300)
-    for sid, mpp0 in (("a", 0.5), ("b", 0.25)):
+    adata = to_anndata(cohort["features"], thumbnail_px=300, hires_px=600)
+    for sid, mpp0 in (("a", 0.5), ("b", 0.25)):  # scanpy takes hires when there
         [ax] = sc.pl.spatial(adata[adata.obs["library_id"] == sid], library_id=sid, show=False)
         image = ax.images[0].get_array()
         boxes = np.array([p.get_extents().get_points() for p in ax.collections[0].get_paths()])
         centres, widths = boxes.mean(axis=1), boxes[:, 1, 0] - boxes[:, 0, 0]
-        scale = adata.uns["spatial"][sid]["scalefactors"]["tissue_lowres_scalef"]
-        assert len(centres) == TISSUE_TILES
+        scale = adata.uns["spatial"][sid]["scalefactors"]["tissue_hires_scalef"]
+        assert len(centres) == TISSUE_TILES and max(image.shape[:2]) == 600
         np.testing.assert_allclose(widths, TILE_UM / mpp0 * scale, rtol=1e-6)
         pixels = image[centres[:, 1].astype(int), centres[:, 0].astype(int)].astype(int)
         assert (pixels.max(axis=1) - pixels.min(axis=1) > 60).all()

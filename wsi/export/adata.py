@@ -7,8 +7,9 @@ centre in µm from the slide's top-left corner), TME columns (``role``, ``prob_*
 and ``*_per_mm2``) when a TME folder is given, ``attention_<task>`` with a checkpoint, and
 the labels' columns (the slide's value on each of its tiles). ``obsm['spatial']``: tile
 centres in level-0 px (the "full resolution" pixels of scanpy/squidpy); ``obsm['spatial_um']``:
-the same in µm. ``uns['spatial'][slide_id]``: ``images['lowres']`` (an RGB uint8 thumbnail)
-and ``scalefactors`` (``tissue_lowres_scalef`` = thumbnail px per level-0 px,
+the same in µm. ``uns['spatial'][slide_id]``: ``images['lowres']`` and ``images['hires']``
+(RGB uint8 thumbnails, 600 and 1200 px long sides by default) and ``scalefactors``
+(``tissue_lowres_scalef`` and ``tissue_hires_scalef`` = thumbnail px per level-0 px,
 ``spot_diameter_fullres`` = a tile's side in level-0 px), as scanpy's Visium reader lays
 them out, so ``sc.pl.spatial(adata[adata.obs.library_id == sid], library_id=sid,
 color=...)`` draws each tile over its tissue. ``uns['wsi']``: provenance.
@@ -40,8 +41,10 @@ from wsi.export.tme_tables import read_slide_table, read_tile_table, with_densit
 if TYPE_CHECKING:
     import anndata
 
-THUMBNAIL_LONG_SIDE_PX = 1000
-"""Long side of the ``lowres`` thumbnail in ``uns['spatial']`` (scanpy's Visium lowres: 600)."""
+THUMBNAIL_LONG_SIDE_PX = 600
+"""Long side of the ``lowres`` thumbnail in ``uns['spatial']`` (as Space Ranger's lowres)."""
+HIRES_LONG_SIDE_PX = 1200
+"""Long side of the ``hires`` thumbnail (Space Ranger's: 2000; smaller to keep cohorts light)."""
 
 KEY_COLUMNS = ("slide_id", "tile_id", "x", "y")
 """The per-tile key of tables going back from AnnData into this library's files."""
@@ -56,6 +59,7 @@ def to_anndata(
     level: str = "tile",
     slides: Sequence[PathLike] | None = None,
     thumbnail_px: int = THUMBNAIL_LONG_SIDE_PX,
+    hires_px: int = HIRES_LONG_SIDE_PX,
     progress: bool = False,
 ) -> anndata.AnnData:
     """An AnnData of one encoder's feature files (see the module docstring for the layout).
@@ -65,7 +69,8 @@ def to_anndata(
     DataFrame with ``slide_id``. ``checkpoint``: a ``wsi train`` model, for attention per
     tile and predictions per slide. ``slides``: slide files, folders or globs for the
     thumbnails (default: the slide path in each file's provenance; a slide not found gets
-    no image, with a warning). ``level``: ``"tile"`` or ``"slide"``.
+    no image, with a warning); ``thumbnail_px`` / ``hires_px``: long sides of the ``lowres``
+    and ``hires`` images (``hires_px=0``: no ``hires``). ``level``: ``"tile"`` or ``"slide"``.
 
     Raises :class:`~wsi.errors.FeatureFileError` naming the encoders when the files come
     from more than one.
@@ -83,7 +88,14 @@ def to_anndata(
     if level == "slide":
         return _slide_level(loaded, label_table, tme, predictions, provenance)
     return _tile_level(
-        loaded, label_table, tme, maps, provenance, _slide_files(slides), thumbnail_px, progress
+        loaded,
+        label_table,
+        tme,
+        maps,
+        provenance,
+        _slide_files(slides),
+        (thumbnail_px, hires_px),
+        progress,
     )
 
 
@@ -147,7 +159,7 @@ def _tile_level(
     maps: dict[str, dict[str, np.ndarray]],
     provenance: dict[str, Any],
     slide_files: dict[str, Path],
-    thumbnail_px: int,
+    thumbnail_px: tuple[int, int],
     progress: bool,
 ) -> anndata.AnnData:
     import anndata as ad
@@ -202,8 +214,10 @@ def _tile_area_mm2(s: SlideTiles) -> float | None:
     return None if s.mpp_level0 is None else (s.tile_size_level0 * s.mpp_level0 / 1000) ** 2
 
 
-def _spatial_entry(s: SlideTiles, slide_file: Path | None, thumbnail_px: int) -> dict[str, Any]:
-    """``uns['spatial'][slide_id]``: thumbnail and scale factors (scanpy's Visium layout)."""
+def _spatial_entry(
+    s: SlideTiles, slide_file: Path | None, long_sides: tuple[int, int]
+) -> dict[str, Any]:
+    """``uns['spatial'][slide_id]``: thumbnails and scale factors (scanpy's Visium layout)."""
     entry: dict[str, Any] = {
         "images": {},
         "scalefactors": {"spot_diameter_fullres": float(s.tile_size_level0)},
@@ -225,9 +239,12 @@ def _spatial_entry(s: SlideTiles, slide_file: Path | None, thumbnail_px: int) ->
     from wsi.io.slide import open_slide
 
     with open_slide(path) as slide:
-        downsample = max(max(slide.dimensions) / thumbnail_px, 1.0)
-        entry["images"]["lowres"] = slide.read_thumbnail(downsample)
-    entry["scalefactors"]["tissue_lowres_scalef"] = 1.0 / downsample
+        for key, long_side in zip(("lowres", "hires"), long_sides, strict=True):
+            if long_side > 0:
+                # output px (i, j) covers level-0 px [j·ds, (j+1)·ds): scale factor = 1 / ds
+                downsample = max(max(slide.dimensions) / long_side, 1.0)
+                entry["images"][key] = slide.read_thumbnail(downsample)
+                entry["scalefactors"][f"tissue_{key}_scalef"] = 1.0 / downsample
     entry["metadata"]["slide_path"] = str(path)
     return entry
 
