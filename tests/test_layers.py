@@ -25,6 +25,7 @@ LAYERS = [
     "wsi.synthetic",
     "wsi.tme",
     "wsi.pipeline",
+    "wsi.export",
     "wsi.cli",
     "wsi",
 ]

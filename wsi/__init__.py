@@ -80,10 +80,10 @@ def __getattr__(name: str) -> Any:
         from models.version import library_version
 
         return library_version()
-    if name == "tme":  # the subpackage, importable as wsi.tme without its own import line
+    if name in ("tme", "export"):  # subpackages, importable as wsi.tme without an import line
         import importlib
 
-        return importlib.import_module("wsi.tme")
+        return importlib.import_module(f"wsi.{name}")
     if name in _LAZY:
         import importlib
 

@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide-mpp", type=float, default=None, help="level-0 µm/px override")
     p.set_defaults(func=cmd_heatmap)
 
+    _add_export_parsers(sub)
+
     p = sub.add_parser("demo", help="the whole pipeline on a built-in synthetic cohort, offline")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     p.add_argument("--slides", type=int, default=24, help="synthetic slides (default 24)")
@@ -212,6 +214,94 @@ def _finish(rows: list[dict], out: Path) -> int:
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     print(f"{len(rows)} slides ({summary}), {tiles} tiles -> {out}/manifest.csv")
     return EXIT_SOME_FAILED if counts.get("failed") else EXIT_OK
+
+
+def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
+    """``wsi export anndata|qupath|tiles``: our outputs for scanpy, QuPath and other tools."""
+    group = sub.add_parser("export", help="to scanpy/squidpy (.h5ad), QuPath (GeoJSON), tile images")
+    verbs = group.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
+
+    p = verbs.add_parser("anndata", help="features (+ TME, labels, attention) as an AnnData .h5ad")
+    p.add_argument("--features", required=True, nargs="+", type=Path,
+                   help="OUT/features/<encoder> folder(s) of one encoder")
+    p.add_argument("--out", required=True, type=Path, help="the .h5ad file")
+    p.add_argument("--level", default="tile", choices=["tile", "slide"],
+                   help="one row per tile (default) or per slide (mean-pooled features)")
+    p.add_argument("--tme", type=Path, default=None, help="a `wsi tme profile` output folder")
+    p.add_argument("--labels", type=Path, default=None, help="labels CSV (slide_id, ...)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="RUN/model.pt: attention per tile, predictions per slide")
+    p.add_argument("--slides", nargs="+", default=None, metavar="SLIDES",
+                   help="slide files, folders or globs for the thumbnails (default: the paths "
+                        "in the feature files' provenance)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export_anndata)
+
+    p = verbs.add_parser("qupath", help="per slide a GeoJSON of tiles (and nuclei) for QuPath")
+    p.add_argument("--features", required=True, nargs="+", type=Path,
+                   help="OUT/features/<encoder> folder(s) of one encoder")
+    p.add_argument("--out", required=True, type=Path, help="folder for {slide_id}.geojson")
+    p.add_argument("--tme", type=Path, default=None, help="a `wsi tme profile` output folder")
+    p.add_argument("--checkpoint", type=Path, default=None, help="RUN/model.pt: attention")
+    p.add_argument("--tile-labels", type=Path, default=None,
+                   help="per-tile CSV (slide_id, tile_id, ...), e.g. clusters from scanpy")
+    p.add_argument("--class-column", default=None, metavar="COL",
+                   help="the --tile-labels column that classifies the tiles (default: role)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export_qupath)
+
+    p = verbs.add_parser("tiles", help="tile images (PNG/JPEG) and an index CSV")
+    p.add_argument("slides", nargs="+", metavar="SLIDES", help="files, folders or globs")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--format", default="png", choices=["png", "jpg"], dest="fmt")
+    p.add_argument("--max", type=int, default=None, dest="max_tiles",
+                   help="at most N tiles per slide (a seeded random choice)")
+    p.add_argument("--role", default=None, help="only tiles of this TME role (needs --tme)")
+    p.add_argument("--tme", type=Path, default=None, help="a `wsi tme profile` output folder")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default %(default)s)")
+    p.add_argument("--coords", type=Path, default=None,
+                   help="OUT/patches or OUT/features/<encoder>: reuse their tiles (default: "
+                        "tile now with the tiling flags)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --max choice")
+    _add_tiling_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export_tiles)
+
+
+def cmd_export_anndata(args: argparse.Namespace) -> int:
+    """``wsi export anndata``: one .h5ad of a features folder."""
+    from wsi.export import export_anndata
+
+    path = export_anndata(args.features, args.out, tme=args.tme, labels=args.labels,
+                          checkpoint=args.checkpoint, level=args.level, slides=args.slides,
+                          progress=not args.quiet)
+    print(f"-> {path}")
+    return EXIT_OK
+
+
+def cmd_export_qupath(args: argparse.Namespace) -> int:
+    """``wsi export qupath``: {slide_id}.geojson per feature file."""
+    from wsi.export import export_qupath
+
+    paths = export_qupath(args.features, args.out, tme=args.tme, checkpoint=args.checkpoint,
+                          tile_labels=args.tile_labels, class_column=args.class_column,
+                          progress=not args.quiet)
+    print(f"{len(paths)} GeoJSON files -> {args.out}")
+    return EXIT_OK
+
+
+def cmd_export_tiles(args: argparse.Namespace) -> int:
+    """``wsi export tiles``: tile images and OUT/index.csv; exit 1 when a slide failed."""
+    from wsi.export import export_tiles
+
+    result = export_tiles(args.slides, args.out, fmt=args.fmt, max_tiles=args.max_tiles,
+                          role=args.role, quality=args.quality, coords=args.coords, tme=args.tme,
+                          tiling=_tiling_options(args), seed=args.seed, progress=not args.quiet)
+    for slide_id, error in result.failed.items():
+        print(f"{slide_id}: failed: {error}")
+    print(f"{len(result.index)} tiles from {result.index['slide_id'].nunique()} slides "
+          f"-> {result.index_path}")
+    return EXIT_SOME_FAILED if result.failed else EXIT_OK
 
 
 def cmd_tile(args: argparse.Namespace) -> int:
