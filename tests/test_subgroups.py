@@ -424,3 +424,40 @@ def test_small_cell_chi_square_uses_permutations_and_matches_fisher():
     assert test["p_method"] == "permutation"
     exact = fisher_exact([[6, 2], [1, 7]]).pvalue
     assert test["p_value"] == pytest.approx(exact, abs=0.01)
+
+
+def test_mosaic_shows_tiles_of_the_slides_nearest_each_centre(tmp_path):
+    from PIL import Image
+
+    from tests.conftest import write_reference_slide
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "f").mkdir()
+    (tmp_path / "slides").mkdir()
+    ids = []
+    for i in range(8):
+        sid = f"s{i}"
+        write_reference_slide(tmp_path / "slides" / f"{sid}.tiff", 0.5)
+        coords = np.array([[448 + 224 * c, 224 + 224 * r] for r in range(3) for c in range(4)])
+        rows = (rng.normal(size=(12, 4)) + (8.0 if i < 4 else -8.0)).astype(np.float32)
+        with FeatureWriter(
+            tmp_path / "f" / f"{sid}.h5", coords, ATTRS, {}, 4, {"encoder": "enc"}
+        ) as w:
+            w.write(0, rows)
+            w.commit()
+        ids.append(sid)
+    pd.DataFrame({"slide_id": ids}).to_csv(tmp_path / "labels.csv", index=False)
+    run = discover_subgroups_run(
+        tmp_path / "f",
+        tmp_path / "labels.csv",
+        tmp_path / "sg",
+        k=[2],
+        resamples=3,
+        umap=False,
+        slides=[tmp_path / "slides"],
+    )
+    assert run.discovery.model.k == 2
+    for g in (1, 2):
+        with Image.open(tmp_path / "sg" / f"mosaic_group_{g}.png") as image:
+            assert image.width == 3 * (224 + 4) + 4  # 3 tiles per slide, one slide per row
+            assert image.height > 3 * 224  # 3 slides nearest the centre

@@ -196,6 +196,8 @@ def _add_subgroups_parser(sub: argparse._SubParsersAction) -> None:
                    help="subsamples per k for the stability curve (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-umap", action="store_true", help="skip the UMAP picture")
+    p.add_argument("--slides", nargs="+", default=[], metavar="SLIDES",
+                   help="slide files/folders: a mosaic of representative tiles per group")
     p.set_defaults(func=cmd_subgroups_discover)
     p = verbs.add_parser("assign", help="put new slides into a frozen model's groups")
     p.add_argument("--model", required=True, type=Path, help="DIR/model.json of discover")
@@ -322,7 +324,7 @@ def cmd_subgroups_discover(args: argparse.Namespace) -> int:
         method=args.method, survival=survival, treatment=args.treatment,
         covariates=args.covariates, targets=args.targets, tme=args.tme,
         tile_clusters=args.tile_clusters, resamples=args.resamples, seed=args.seed,
-        umap=not args.no_umap,
+        umap=not args.no_umap, slides=args.slides,
     )
     print(run.summary())
     print(f"-> {args.out}/subgroups.csv, subgroups.json, model.json")

@@ -172,6 +172,7 @@ def discover_subgroups_run(
     resamples: int = 20,
     seed: int = 0,
     umap: bool = True,
+    slides: Sequence[str | os.PathLike[str]] = (),
 ) -> SubgroupRun:
     """Discover subgroups in ``features`` and test them against the labels' outcomes.
 
@@ -181,7 +182,8 @@ def discover_subgroups_run(
     by stability. ``survival`` is ``(time_col, event_col)``; ``treatment`` adds the group ×
     treatment interaction test (needs ``survival``); ``covariates`` adjust the Cox models;
     ``targets`` are the label columns to test (default: every other column). ``tme`` (a TME
-    table) adds per-group TME means (``group_tme.csv``). Writes ``subgroups.csv``,
+    table) adds per-group TME means (``group_tme.csv``); ``slides`` (files, folders or globs
+    of the slide files) adds ``mosaic_group_<g>.png``, representative tiles per group. Writes ``subgroups.csv``,
     ``subgroups.json`` (last), ``model.json`` + ``model.npz``, ``effect_sizes.csv`` and the
     plots (``umap.png``, ``km.png``, ``forest.png``) into ``out``.
     """
@@ -201,15 +203,17 @@ def discover_subgroups_run(
     found.model.tile_centres = centres
     found.model.save(run_dir)
     patients = assoc.patient_table(found.assignments, table_labels)
-    slides = found.assignments.merge(
+    per_slide = found.assignments.merge(
         table_labels[["slide_id"] + (["patient_id"] if "patient_id" in table_labels else [])],
         on="slide_id",
         how="left",
     )
-    if "patient_id" not in slides:
-        slides["patient_id"] = slides["slide_id"]
-    slides["patient_id"] = slides["patient_id"].fillna(slides["slide_id"])
-    _write_csv(slides[["slide_id", "patient_id", "group", "distance"]], run_dir / "subgroups.csv")
+    if "patient_id" not in per_slide:
+        per_slide["patient_id"] = per_slide["slide_id"]
+    per_slide["patient_id"] = per_slide["patient_id"].fillna(per_slide["slide_id"])
+    _write_csv(
+        per_slide[["slide_id", "patient_id", "group", "distance"]], run_dir / "subgroups.csv"
+    )
     tests = assoc.associate(
         patients, survival=survival, treatment=treatment, covariates=covariates, targets=targets
     )
@@ -221,6 +225,10 @@ def discover_subgroups_run(
         features if input_kind == "tme" and tme is None else tme,
     )
     pictures = _plots(run_dir, found, table, patients, tests, survival, treatment, umap, seed)
+    if slides and input_kind != "tme":
+        from wsi.pipeline.subgroup_mosaic import group_mosaics
+
+        pictures += [p.name for p in group_mosaics(found.assignments, features, slides, run_dir)]
     curve = found.stability
     report = {
         "k": found.model.k,

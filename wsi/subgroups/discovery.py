@@ -121,7 +121,7 @@ def _prepared(table: pd.DataFrame, max_k: int) -> tuple[pd.DataFrame, list[str]]
             f"every input column is constant across the {len(table)} slides; there is nothing to "
             "cluster (check that the features or TME table differ between slides)"
         )
-    if len(constant):
+    if len(constant) and table.shape[1] <= MAX_COMPONENTS:  # in embeddings, dead units are usual
         warnings.warn(
             f"constant column(s) left out of discovery: {list(constant)[:10]}",
             UserWarning,
