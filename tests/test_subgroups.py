@@ -94,11 +94,12 @@ def survival_labels(
 )
 def test_planted_groups_found_with_the_right_k(method):
     table, truth = planted_table(k=4)
-    found = discover_subgroups(table, k=range(2, 9), method=method, resamples=10)
+    found = discover_subgroups(table, k=range(2, 9), method=method, resamples=6)
     assert found.model.k == 4
     assert adjusted_rand_score(truth, found.assignments["group"]) >= 0.9
     curve = found.stability.set_index("k")["stability"]
-    assert curve[4] >= max(0.85, curve.max() - 0.02)  # the most stable k (or tied)
+    assert curve[4] >= curve.max() - 0.02  # the most stable k (or tied)
+    assert curve[4] >= (0.75 if method == "gmm" else 0.9)  # mixtures refit less reproducibly
     assert curve[[2, 3]].min() < 0.85 and curve[[6, 7, 8]].max() < 0.95
     sizes = found.assignments["group"].value_counts().sort_index()
     assert list(sizes.index) == [1, 2, 3, 4] and sizes.is_monotonic_decreasing
@@ -254,7 +255,9 @@ def _labels_csv(path, truth, **kwargs):
     return labels
 
 
-@pytest.mark.parametrize("kind", ["embeddings", "tile-clusters"])
+@pytest.mark.parametrize(
+    "kind", ["embeddings", pytest.param("tile-clusters", marks=pytest.mark.slow)]
+)
 def test_discover_run_writes_the_contract_and_assign_reproduces_it(tmp_path, kind):
     truth = write_cohort(tmp_path / "features" / "enc")
     _labels_csv(tmp_path / "labels.csv", truth, hazard=(1.0, 4.0, 1.0))

@@ -72,7 +72,7 @@ def _cluster(z: np.ndarray, k: int, method: str, seed: int) -> tuple[np.ndarray,
         return est.labels_, est
     if method == "gmm":
         est = GaussianMixture(
-            n_components=k, covariance_type="diag", n_init=3, random_state=seed
+            n_components=k, covariance_type="diag", n_init=5, random_state=seed
         ).fit(z)
         return est.predict(z), est
     est = AgglomerativeClustering(n_clusters=k, linkage="ward").fit(z)
