@@ -291,6 +291,8 @@ def test_discover_run_writes_the_contract_and_assign_reproduces_it(tmp_path, kin
     assert {"km.png", "forest.png"} <= set(report["plots"])
     assert (out / "km.png").stat().st_size > 1000 and (out / "model.npz").is_file()
     assert len(run.patients) == 27
+    assert "logrank     os_months        n = 26   p = " in run.summary()
+    assert "(1 dropped: missing values)" in run.summary()
     assigned = assign_subgroups_run(
         out / "model.json", tmp_path / "features" / "enc", tmp_path / "assigned.csv"
     )

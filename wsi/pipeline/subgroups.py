@@ -47,7 +47,9 @@ class SubgroupRun:
         ]
         for t in self.tests:
             p = "n/a" if t["p_value"] is None else f"p = {t['p_value']:.3g}, q = {t['q_value']:.3g}"
-            lines.append(f"  {t['test']:<11} {t['target']:<16} n = {t['n']:<4} {p}")
+            dropped = f" ({t['n_dropped']} dropped: missing values)" if t.get("n_dropped") else ""
+            note = f" ({t['note']})" if t.get("note") else ""
+            lines.append(f"  {t['test']:<11} {t['target']:<16} n = {t['n']:<4} {p}{dropped}{note}")
         return "\n".join(lines)
 
 
