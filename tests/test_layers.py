@@ -24,6 +24,7 @@ LAYERS = [
     "wsi.cohort",
     "wsi.synthetic",
     "wsi.tme",
+    "wsi.subgroups",
     "wsi.pipeline",
     "wsi.export",
     "wsi.cli",

@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _add_tme_parsers(sub)
+    _add_subgroups_parser(sub)
     return parser
 
 
@@ -204,6 +205,46 @@ def _add_tme_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_tme_classify_tiles)
+
+
+def _add_subgroups_parser(sub: argparse._SubParsersAction) -> None:
+    """``wsi subgroups discover|assign``."""
+    group = sub.add_parser("subgroups", help="patient subgroups: discover (no outcome seen), "
+                                             "test against outcomes, assign new slides")
+    verbs = group.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = verbs.add_parser("discover", help="groups chosen by stability; tests, plots, frozen model")
+    p.add_argument("--features", required=True, type=Path,
+                   help="OUT/features/<encoder> folder, or tme.csv with --input tme")
+    p.add_argument("--labels", required=True, type=Path, help="CSV with slide_id[, patient_id]")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--input", default="embeddings", choices=["embeddings", "tme", "tile-clusters"],
+                   help="what to cluster: mean-pooled features (default), a TME table, or "
+                        "tile-cluster compositions")
+    p.add_argument("--k", default="2..8", help="candidate k: 2..8 (default), or 2,3,4")
+    p.add_argument("--method", default="kmeans", choices=["kmeans", "gmm", "agglomerative"])
+    p.add_argument("--survival", default=None, metavar="TIME:EVENT",
+                   help="survival columns: log-rank and Cox hazard ratios per group")
+    p.add_argument("--treatment", default=None, metavar="COL",
+                   help="treatment column: group x treatment interaction (needs --survival)")
+    p.add_argument("--covariates", nargs="+", default=[], metavar="COL",
+                   help="columns that adjust the Cox models")
+    p.add_argument("--targets", nargs="+", default=None, metavar="COL",
+                   help="label columns to test (default: every other column)")
+    p.add_argument("--tme", type=Path, default=None, help="tme.csv for per-group TME means")
+    p.add_argument("--tile-clusters", type=int, default=8, help="tile clusters (default 8)")
+    p.add_argument("--resamples", type=int, default=20,
+                   help="subsamples per k for the stability curve (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-umap", action="store_true", help="skip the UMAP picture")
+    p.add_argument("--slides", nargs="+", default=[], metavar="SLIDES",
+                   help="slide files/folders: a mosaic of representative tiles per group")
+    p.set_defaults(func=cmd_subgroups_discover)
+    p = verbs.add_parser("assign", help="put new slides into a frozen model's groups")
+    p.add_argument("--model", required=True, type=Path, help="DIR/model.json of discover")
+    p.add_argument("--features", required=True, type=Path,
+                   help="features folder (or tme.csv) of the new slides")
+    p.add_argument("--out", required=True, type=Path, help="CSV: slide_id, group, distance")
+    p.set_defaults(func=cmd_subgroups_assign)
 
 
 def _finish(rows: list[dict], out: Path) -> int:
@@ -427,6 +468,36 @@ def cmd_tme_classify_tiles(args: argparse.Namespace) -> int:
         print(f"against the labels: accuracy {score['accuracy']:.3f}, "
               f"balanced accuracy {score['balanced_accuracy']:.3f} ({score['n']} tiles)")
     print(f"{len(table)} tiles classified -> {args.out}")
+def cmd_subgroups_discover(args: argparse.Namespace) -> int:
+    """``wsi subgroups discover``: the subgroups output folder."""
+    from wsi.errors import InvalidParameterError
+    from wsi.pipeline.subgroups import discover_subgroups_run
+    from wsi.subgroups.discovery import parse_k
+
+    survival = None
+    if args.survival is not None:
+        if args.survival.count(":") != 1:
+            raise InvalidParameterError(f"--survival {args.survival!r}: write TIME_COL:EVENT_COL")
+        survival = tuple(args.survival.split(":"))
+    run = discover_subgroups_run(
+        args.features, args.labels, args.out, input_kind=args.input, k=parse_k(args.k),
+        method=args.method, survival=survival, treatment=args.treatment,
+        covariates=args.covariates, targets=args.targets, tme=args.tme,
+        tile_clusters=args.tile_clusters, resamples=args.resamples, seed=args.seed,
+        umap=not args.no_umap, slides=args.slides,
+    )
+    print(run.summary())
+    print(f"-> {args.out}/subgroups.csv, subgroups.json, model.json")
+    return EXIT_OK
+
+
+def cmd_subgroups_assign(args: argparse.Namespace) -> int:
+    """``wsi subgroups assign``: frozen groups for new slides."""
+    from wsi.pipeline.subgroups import assign_subgroups_run
+
+    frame = assign_subgroups_run(args.model, args.features, args.out)
+    sizes = ", ".join(f"group {g}: {n}" for g, n in frame["group"].value_counts().sort_index().items())
+    print(f"{len(frame)} slides assigned ({sizes}) -> {args.out}")
     return EXIT_OK
 
 
