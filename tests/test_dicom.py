@@ -6,6 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
+from pydicom.pixels import pixel_array
 
 from tests import tiny_encoders
 from tests.conftest import TISSUE_TILES, read_manifest, shared_file, write_reference_slide
@@ -18,6 +19,7 @@ from wsi.pipeline.batch import find_slides
 tiny_encoders.register()
 
 REAL = "small_real_wsis/pathml_small_dicom.dcm"
+REAL_TILES = 80  # tissue tiles of 224 px at 0.5 µm/px (its QC picture shows them on tissue)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,9 @@ def test_real_dicom_openslide_refuses_reads_like_pydicom():
             slide.mpp  # noqa: B018 - no pixel spacing in this file
         repaired = slide.properties["dicom.repaired"].split(",")
         assert {"ImageType", "PhotometricInterpretation", "frame-order"} <= set(repaired)
+        ds = pydicom.dcmread(path)  # 42 frames of 500 x 500 px, column by column
         with pytest.warns(UserWarning):  # pydicom too sees the JFIF frames labelled RGB
-            frames = pydicom.dcmread(path).pixel_array  # (42, 500, 500, 3), column by column
+            frames = {i: pixel_array(ds, index=i) for i in (1, 6)}
         # frame 1 is column 0, row 1; frame 6 column 1, row 0 (6 rows of frames); the two
         # JPEG decoders' YCbCr → RGB round a few pixels differently
         for (x, y), frame in (((0, 500), frames[1]), ((500, 0), frames[6])):
@@ -49,37 +52,35 @@ def test_real_dicom_openslide_refuses_reads_like_pydicom():
         assert slide.mpp == 0.5 and slide.mpp_source == "argument"
 
 
-def test_real_dicom_tiles_and_embeds_through_the_cli(tmp_path):
+@pytest.mark.slow
+def test_real_dicom_tiles_through_the_cli(tmp_path):
     path = shared_file(REAL)
     out = tmp_path / "out"
-    code = main(
-        [
-            "embed",
-            str(path),
-            "--out",
-            str(out),
-            "--slide-mpp",
-            "0.5",
-            "--encoder",
-            "tiny",
-            "--workers",
-            "0",
-            "--quiet",
-        ]
-    )
-    assert code == 0
+    assert main(["tile", str(path), "--out", str(out), "--slide-mpp", "0.5", "--quiet"]) == 0
     row = read_manifest(out)["pathml_small_dicom"]
-    assert row["status"] == "ok" and float(row["mpp"]) == 0.5
-    n = int(row["n_tiles"])
-    assert 40 <= n <= 90  # 3236 x 2638 px at 0.5 µm/px: 14 x 11 tiles of 224 px, ~40 % tissue
-    with h5py.File(out / "features" / "tiny" / "pathml_small_dicom.h5") as f:
-        assert f["features"].shape == (n, tiny_encoders.TINY_DIM)
-        assert np.isfinite(f["features"][:]).all()
+    assert row["status"] == "ok" and float(row["mpp"]) == 0.5 and row["mpp_source"] == "argument"
+    # 3236 x 2638 px at 0.5 µm/px: 14 x 11 tiles of 224 px; tissue covers about 40 % of them
+    assert int(row["n_tiles"]) == REAL_TILES
+    with h5py.File(out / "patches" / "pathml_small_dicom.h5") as f:
+        coords = f["coords"][:]
+    assert coords.shape == (REAL_TILES, 2) and coords.max() < 3236
     assert (out / "qc" / "pathml_small_dicom.png").stat().st_size > 0
     # without --slide-mpp the slide fails with the usual missing-mpp message
-    code = main(["tile", str(path), "--out", str(tmp_path / "nompp"), "--quiet"])
-    assert code == 1
+    assert main(["tile", str(path), "--out", str(tmp_path / "nompp"), "--quiet"]) == 1
     assert "--slide-mpp" in read_manifest(tmp_path / "nompp")["pathml_small_dicom"]["error"]
+
+
+@pytest.mark.slow
+def test_real_dicom_embeds_through_the_cli(tmp_path):
+    path = shared_file(REAL)
+    out = tmp_path / "out"
+    args = ["embed", str(path), "--out", str(out), "--slide-mpp", "0.5", "--encoder", "tiny"]
+    assert main([*args, "--workers", "0", "--quiet"]) == 0
+    row = read_manifest(out)["pathml_small_dicom"]
+    assert row["status"] == "ok" and int(row["n_tiles"]) == REAL_TILES
+    with h5py.File(out / "features" / "tiny" / "pathml_small_dicom.h5") as f:
+        assert f["features"].shape == (REAL_TILES, tiny_encoders.TINY_DIM)
+        assert np.isfinite(f["features"][:]).all()
 
 
 def test_dicom_folder_is_one_slide_with_exact_pixels(tmp_path, reference_rgb):

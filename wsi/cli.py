@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="cohort and training seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("encoders", help="every encoder name: feature width, input size, licence")
+    p.set_defaults(func=cmd_encoders)
     return parser
 
 
@@ -263,6 +266,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     result = run_demo(args.out, n_slides=args.slides, seed=args.seed, progress=not args.quiet)
     print(result.summary())
+    return EXIT_OK
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    """``wsi encoders``: the encoder names with width, input size and licence."""
+    from models.encoders import known_encoders
+    from models.foundation import cards_table, encoder_cards
+
+    print(cards_table(encoder_cards(known_encoders())))
     return EXIT_OK
 
 
