@@ -348,19 +348,28 @@ def _frames_column_major(ds: Any) -> bool:
         return False
     from pydicom.pixels import pixel_array
 
-    def padded(right: list[int], bottom: list[int]) -> bool:
-        # skip 16 px next to the edge: JPEG's 8 x 8 blocks bleed image into the padding
-        strips = [pixel_array(ds, index=i)[:, tw - pad_x + min(16, pad_x // 2) :] for i in right]
-        strips += [pixel_array(ds, index=i)[th - pad_y + min(16, pad_y // 2) :] for i in bottom]
-        return all(s.reshape(-1, s.shape[-1]).std(0).max() < 2 for s in strips)
+    def flat(index: int, right: bool) -> bool:
+        # raw: no colour conversion (padding is flat in any colour space); skip 16 px next
+        # to the edge: JPEG's 8 x 8 blocks bleed image into the padding
+        frame = pixel_array(ds, index=index, raw=True)
+        strip = (
+            frame[:, tw - pad_x + min(16, pad_x // 2) :]
+            if right
+            else (frame[th - pad_y + min(16, pad_y // 2) :])
+        )
+        return bool(strip.reshape(-1, strip.shape[-1]).std(0).max() < 2)
 
-    by_column = padded(
-        [(cols - 1) * rows + r for r in range(rows)], [c * rows + rows - 1 for c in range(cols)]
-    )
+    def padded(right: list[int], bottom: list[int]) -> bool:  # stops at the first image
+        return all(flat(i, True) for i in right) and all(flat(i, False) for i in bottom)
+
     by_row = padded(
         [r * cols + cols - 1 for r in range(rows)], [(rows - 1) * cols + c for c in range(cols)]
     )
-    return by_column and not by_row
+    if by_row:
+        return False
+    return padded(
+        [(cols - 1) * rows + r for r in range(rows)], [c * rows + rows - 1 for c in range(cols)]
+    )
 
 
 def _reorder_row_major(ds: Any) -> None:
