@@ -279,3 +279,31 @@ def test_cli_lists_every_encoder(capsys):
         line = next(row for row in out.splitlines() if row.startswith(name + " "))
         assert f" {width} " in line and f" {size} " in line
     assert "* CC-BY-NC-ND-4.0" in out and "efficientnet_lite0" in out
+
+
+def test_feature_file_records_a_non_commercial_licence(tmp_path):
+    import json
+
+    import h5py
+
+    from models.encoders import register_encoder
+    from tests.conftest import TISSUE_TILES, write_reference_slide
+    from wsi.pipeline.embed import embed_archive
+
+    register_encoder("tiny_fm_test", lambda weights, kwargs: _preset_encoder(TINY, weights))
+    slide = write_reference_slide(tmp_path / "a.tiff", 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the licence warning (once per process)
+        rows = embed_archive(
+            [slide],
+            tmp_path / "out",
+            encoder="tiny_fm_test",
+            weights=RANDOM_WEIGHTS,
+            workers=0,
+            progress=False,
+        )
+    assert rows[0]["status"] == "ok"
+    with h5py.File(tmp_path / "out" / "features" / "tiny_fm_test" / "a.h5") as f:
+        assert f["features"].shape == (TISSUE_TILES, 64)
+        encoder = json.loads(f.attrs["provenance"])["encoder"]
+    assert encoder["licence"] == "CC-BY-NC-ND-4.0" and encoder["non_commercial"] is True
