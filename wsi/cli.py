@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-task", type=float, default=None,
                    help="GPUs per slide task (default 1 when the cluster has GPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--stain-normalize", choices=["macenko"], default=None,
+                   help="normalise H&E stains per slide before encoding (off by default)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("train", help="cross-validate + fit a MIL head: metrics.json, model.pt")
@@ -207,7 +209,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers,
         device=None if args.device == "auto" else args.device, precision=args.precision,
         progress=not args.quiet, debug=args.debug, skip_done=not args.redo,
-        backend="local" if args.ray is None else "ray", ray=ray,
+        backend="local" if args.ray is None else "ray", ray=ray, stain=args.stain_normalize,
     )
     return _finish(rows, args.out)
 
