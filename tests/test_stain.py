@@ -24,7 +24,7 @@ TILES = [
 
 
 def _tile(name: str) -> np.ndarray:
-    return np.asarray(Image.open(shared_file(f"nct_crc_he_27/{name}")).convert("RGB"))
+    return np.array(Image.open(shared_file(f"nct_crc_he_27/{name}")).convert("RGB"))  # writable
 
 
 @pytest.mark.parametrize("name", TILES)
