@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-task", type=float, default=None,
                    help="GPUs per slide task (default 1 when the cluster has GPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--stain-normalize", choices=["macenko"], default=None,
+                   help="normalise H&E stains per slide before encoding (off by default)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("train", help="cross-validate + fit a MIL head: metrics.json, model.pt")
@@ -167,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_tme_parsers(sub)
     _add_subgroups_parser(sub)
+    p = sub.add_parser("encoders", help="every encoder name: feature width, input size, licence")
+    p.set_defaults(func=cmd_encoders)
     return parser
 
 
@@ -374,7 +378,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers,
         device=None if args.device == "auto" else args.device, precision=args.precision,
         progress=not args.quiet, debug=args.debug, skip_done=not args.redo,
-        backend="local" if args.ray is None else "ray", ray=ray,
+        backend="local" if args.ray is None else "ray", ray=ray, stain=args.stain_normalize,
     )
     return _finish(rows, args.out)
 
@@ -468,6 +472,9 @@ def cmd_tme_classify_tiles(args: argparse.Namespace) -> int:
         print(f"against the labels: accuracy {score['accuracy']:.3f}, "
               f"balanced accuracy {score['balanced_accuracy']:.3f} ({score['n']} tiles)")
     print(f"{len(table)} tiles classified -> {args.out}")
+    return EXIT_OK
+
+
 def cmd_subgroups_discover(args: argparse.Namespace) -> int:
     """``wsi subgroups discover``: the subgroups output folder."""
     from wsi.errors import InvalidParameterError
@@ -498,6 +505,15 @@ def cmd_subgroups_assign(args: argparse.Namespace) -> int:
     frame = assign_subgroups_run(args.model, args.features, args.out)
     sizes = ", ".join(f"group {g}: {n}" for g, n in frame["group"].value_counts().sort_index().items())
     print(f"{len(frame)} slides assigned ({sizes}) -> {args.out}")
+    return EXIT_OK
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    """``wsi encoders``: the encoder names with width, input size and licence."""
+    from models.encoders import known_encoders
+    from models.foundation import cards_table, encoder_cards
+
+    print(cards_table(encoder_cards(known_encoders())))
     return EXIT_OK
 
 
