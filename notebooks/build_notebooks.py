@@ -810,6 +810,159 @@ From the command line:
 ]
 
 
+# --------------------------------------------------------------------------- 06 subgroups
+NB06 = [
+    md('''
+# 06 · Patient subgroups, found without outcomes and frozen for validation
+
+`wsi.subgroups` looks for groups of patients whose tissue looks alike, *without seeing any
+outcome*, and only then tests whether the groups differ in survival or in response to a
+treatment:
+
+1. **discover**: each slide is one row of numbers (here its mean-pooled tile features); the
+   rows are clustered with scikit-learn for every k in a range, and k is the one whose
+   clusters are the most *stable* over subsamples (mean adjusted Rand index), silhouette
+   breaking ties. The clustering function has no labels argument at all.
+2. **freeze**: the fitted model is saved as `model.json` + `model.npz` (no pickle); a
+   validation cohort is put into the same groups, never re-clustered.
+3. **associate**: log-rank and covariate-adjusted Cox hazard ratios per group, a group ×
+   treatment interaction (likelihood-ratio test), chi-square / Kruskal–Wallis for other
+   labels, Benjamini–Hochberg q-values over all of them.
+
+Choosing k or a cut-point by the smallest p-value multiplies false discoveries; here the
+outcome is read only after the groups are fixed.
+'''),
+    md("## Parameters"),
+    code(COHORT_PARAMS + '''
+K_RANGE = range(2, 5) if FAST else range(2, 7)  # candidate k (discovery needs >= 2k slides)
+RESAMPLES = 10 if FAST else 30  # subsamples per k for the stability curve
+RUN = COHORT / "subgroups"  # subgroups.csv, subgroups.json, model.json/.npz, plots
+'''),
+    code(QUIET_TQDM),
+    code('''import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Image, display
+
+import wsi
+from wsi.subgroups import discover_subgroups, slide_embeddings
+
+%matplotlib inline
+'''),
+    md('''
+## 1. The cohort and its features
+
+The slides and features of `02_batch_embedding` are reused when present; otherwise they are
+written and embedded here.
+'''),
+    code(COHORT_WRITE + '''
+rows = wsi.embed_archive(slide_paths, OUT, progress=True)  # skips slides already embedded
+FEATURES = OUT / "features" / "efficientnet_lite0"
+'''),
+    md('''
+## 2. Discovery: k by stability
+
+`slide_embeddings` mean-pools each slide's tile features into one row; discovery
+standardises the columns, projects wide inputs on their first principal components, and
+scores each k by how well clusterings of 80 % subsamples agree with each other.
+'''),
+    code('''
+table = slide_embeddings(FEATURES)
+print(f"{table.shape[0]} slides x {table.shape[1]} mean-pooled features")
+start = time.perf_counter()
+found = discover_subgroups(table, k=K_RANGE, resamples=RESAMPLES)
+print(f"{found!r} in {time.perf_counter() - start:.1f} s")
+found.stability.round(3)
+'''),
+    code('''
+fig, ax = plt.subplots(figsize=(5.5, 3.5))
+curve = found.stability
+ax.errorbar(curve.k, curve.stability, yerr=curve.stability_sd, marker="o", label="mean ARI")
+ax.plot(curve.k, curve.silhouette, marker="s", label="silhouette (tie-break)")
+ax.axvline(found.model.k, color="grey", linestyle="--")
+ax.set_xlabel("k")
+ax.set_title(f"stability chooses k = {found.model.k}")
+ax.legend()
+plt.show()
+'''),
+    md('''
+What the groups are made of, read *after* discovery: the synthetic slides were drawn with a
+tumour architecture, which the encoder's features pick up.
+'''),
+    code('''
+labels = pd.read_csv(LABELS, dtype={"slide_id": str, "patient_id": str})
+pd.crosstab(found.assignments.set_index("slide_id")["group"],
+            labels.set_index("slide_id")["tumour_type"])
+'''),
+    md('''
+## 3. Outcomes and the whole run
+
+The synthetic cohort has no outcome, so we draw one for this walkthrough: survival times
+depend on the tumour type, and a treatment helps only sarcomatoid tumours (hazard ratio
+0.3). `wsi.discover_subgroups_run` (the `wsi subgroups discover` command) runs discovery,
+freezes the model, folds slides into patients and tests every outcome.
+'''),
+    code('''
+rng = np.random.default_rng(SEED)
+hazard = labels.tumour_type.map({"glandular": 0.5, "solid": 1.0, "sarcomatoid": 2.0}) / 12
+treated = rng.integers(0, 2, len(labels))
+hazard = hazard * np.where((labels.tumour_type == "sarcomatoid") & (treated == 1), 0.3, 1.0)
+months = rng.exponential(1 / hazard)
+outcomes = labels.assign(os_months=np.minimum(months, 36.0).round(1),
+                         os_event=(months < 36.0).astype(int), treated=treated,
+                         age=rng.normal(62, 9, len(labels)).round())
+outcomes.to_csv(COHORT / "labels_outcomes.csv", index=False)
+
+run = wsi.discover_subgroups_run(
+    FEATURES, COHORT / "labels_outcomes.csv", RUN, k=K_RANGE, resamples=RESAMPLES,
+    survival=("os_months", "os_event"), treatment="treated", covariates=["age"],
+    targets=["tumour_type", "immune_score"],
+)
+print(run.summary())
+'''),
+    md('''
+`subgroups.json` holds k, the stability curve and every test with its p- and q-value
+(the interaction test's `"test"` is `"interaction"`); on a cohort this small most tests
+are uninformative, which is the honest answer.
+'''),
+    code('''
+pd.DataFrame(run.tests)[["target", "test", "n", "n_dropped", "p_value", "q_value"]]
+'''),
+    code('''
+for name in ("umap.png", "km.png", "forest.png"):
+    if (RUN / name).exists():
+        display(Image(filename=RUN / name, width=640))
+'''),
+    md('''
+## 4. The frozen model on new slides
+
+`wsi.assign_subgroups_run` (the `wsi subgroups assign` command) reads `model.json` and puts
+the slides of a features folder into its groups. Applied to the discovery cohort itself, it
+gives back exactly the discovered groups; features of another encoder are refused.
+'''),
+    code('''
+assigned = wsi.assign_subgroups_run(RUN / "model.json", FEATURES)
+discovered = pd.read_csv(RUN / "subgroups.csv", dtype={"slide_id": str})
+same = discovered.merge(assigned, on="slide_id", suffixes=("", "_frozen"))
+print(f"frozen model reproduces {int((same.group == same.group_frozen).sum())} of "
+      f"{len(same)} discovery groups")
+assigned.head()
+'''),
+    md('''
+## Next
+
+The same run on the command line:
+
+    wsi subgroups discover --features OUT/features/efficientnet_lite0 --labels labels.csv \\
+        --out SUBGROUPS --k 2..8 --survival os_months:os_event --treatment treated --covariates age
+    wsi subgroups assign --model SUBGROUPS/model.json --features NEW/features/efficientnet_lite0 \\
+        --out new_groups.csv
+'''),
+]
+
+
 def build(cells, name: str) -> Path:
     for i, cell in enumerate(cells):
         cell["id"] = f"{name[:2]}-{i:02d}"  # stable ids: rebuilding gives the same file
@@ -827,5 +980,6 @@ if __name__ == "__main__":
         (NB02, "02_batch_embedding.ipynb"),
         (NB03, "03_finetune_mil.ipynb"),
         (NB04, "04_tumour_microenvironment.ipynb"),
+        (NB06, "06_subgroups.ipynb"),
     ):
         print(build(cells, name))

@@ -151,11 +151,13 @@ def test_profile_run_end_to_end(tmp_path: Path):
 CALIBRATED = ProfileParams(
     thresholds=PhenotypeThresholds(
         inflamed_per_mm2=800.0, excluded_per_mm2=800.0, source="detector-calibrated (test)"
-    )
+    ),
+    min_tumour_area_mm2=0.3,
 )
 """The lymphocyte-like detector finds ~340 /mm² in these CRC tumour tiles and ~500 /mm² in
 their stroma (~2,200 /mm² in LYM tiles): Park et al.'s 130 / 260 would call every mosaic
-inflamed. The validation uses thresholds between those levels."""
+inflamed. The validation uses thresholds between those levels (and 0.3 mm² of tumour for
+an evaluable slide: the inflamed mosaic has 32 tumour tiles of 112 µm)."""
 
 
 @pytest.mark.slow

@@ -49,6 +49,29 @@ def polygon_feature(
     }
 
 
+def point_detections(
+    xy: Sequence[Sequence[float]],
+    *,
+    classifications: Sequence[str | None] | None = None,
+    colours: Mapping[str, tuple[int, int, int]] | None = None,
+) -> list[dict[str, Any]]:
+    """One QuPath ``detection`` point per ``(x, y)`` level-0 pixel position (e.g. nuclei
+    centres), classified by ``classifications`` (None: unclassified) drawn in ``colours``."""
+    colours = colours or {}
+    names = list(classifications) if classifications is not None else [None] * len(xy)
+    features = []
+    for (x, y), name in zip(xy, names, strict=True):
+        properties: dict[str, Any] = {"objectType": "detection"}
+        if name is not None:
+            cls: dict[str, Any] = {"name": name}
+            if name in colours:
+                cls["color"] = list(colours[name])
+            properties["classification"] = cls
+        geometry = {"type": "Point", "coordinates": [float(x), float(y)]}
+        features.append({"type": "Feature", "geometry": geometry, "properties": properties})
+    return features
+
+
 def feature_collection(features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A GeoJSON FeatureCollection of the given features."""
     return {"type": "FeatureCollection", "features": list(features)}
