@@ -703,7 +703,7 @@ rows = []
 for folder, name_col in (("crc_val_he_7k_32", "filename"), ("nct_crc_he_27", "file")):
     labels = pd.read_csv(DATA / folder / "labels.csv")
     rows += [{"path": str((DATA / folder / f).resolve()), "label": lab}
-             for f, lab in zip(labels[name_col], labels["label"])]
+             for f, lab in zip(labels[name_col], labels["label"], strict=True)]
 WORK.mkdir(parents=True, exist_ok=True)
 pd.DataFrame(rows).to_csv(WORK / "labelled_tiles.csv", index=False)
 print(pd.DataFrame(rows)["label"].value_counts().to_dict())

@@ -140,8 +140,21 @@ def test_profile_run_end_to_end(tmp_path: Path):
     from wsi.cli import main
 
     clf.save(tmp_path / "clf")
-    code = main(["tme", "profile", str(slides), "--out", str(out), "--classifier",
-                 str(tmp_path / "clf"), "--cohort-quantile", "0.5", "--no-maps", "--quiet"])
+    code = main(
+        [
+            "tme",
+            "profile",
+            str(slides),
+            "--out",
+            str(out),
+            "--classifier",
+            str(tmp_path / "clf"),
+            "--cohort-quantile",
+            "0.5",
+            "--no-maps",
+            "--quiet",
+        ]
+    )
     assert code == 0
     body = json.loads((out / "tme" / "nest.json").read_text())
     assert body["provenance"]["thresholds"]["source"].startswith("cohort quantile 0.5")
