@@ -300,7 +300,8 @@ def write_maps(
     row = profile.row
     title = (
         f"{sid}: immune phenotype {row['immune_phenotype'] or 'none'} "
-        f"({row['phenotype_cells']} tumour cells of {profile.params.thresholds.cell_um:g} µm)"
+        f"({row['phenotype_cells']} tumour grid cells of "
+        f"{profile.params.thresholds.cell_um / 1000:g} mm)"
     )
     save_png(
         category_map(
