@@ -226,3 +226,43 @@ def test_mosaic_phenotypes_are_called_right(tmp_path: Path, seed: int):
     intra, stromal = table["lymphocytes_per_mm2_intratumoral"], table["lymphocytes_per_mm2_stromal"]
     assert intra["inflamed"] > 2 * max(intra["excluded"], intra["desert"])
     assert stromal["excluded"] > 2 * max(stromal["inflamed"], stromal["desert"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_ray_backend_writes_what_the_local_one_writes(tmp_path: Path):
+    """One Ray task per slide: the same tme.csv numbers and per-slide files as in-process."""
+    ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'wsi[ray]')")
+    from wsi.pipeline.tme import profile_run
+
+    tiles = crc_tiles()
+    clf = tiny_classifier(tiles)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for kind in ("inflamed", "desert"):
+        write_mosaic(slides / f"{kind}.tif", phenotype_layout(kind, n=4, block=2, ring=1), tiles)
+    local = profile_run(slides, tmp_path / "local", classifier=clf, progress=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=100 * 1024**2,
+        runtime_env={
+            "env_vars": {
+                "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                "OMP_NUM_THREADS": "1",
+            }
+        },
+    )
+    try:
+        on_ray = profile_run(
+            slides, tmp_path / "ray", classifier=clf, progress=False, backend="ray"
+        )
+    finally:
+        ray.shutdown()
+    numbers = [c for c in local.columns if local[c].dtype.kind in "fiu"]
+    pd.testing.assert_frame_equal(on_ray[numbers], local[numbers])
+    for sid in ("inflamed", "desert"):
+        assert (tmp_path / "ray" / "tme" / f"{sid}.geojson").exists()
+    manifest = pd.read_csv(tmp_path / "ray" / "tme" / "manifest.csv")
+    assert list(manifest["status"]) == ["ok", "ok"]

@@ -227,6 +227,8 @@ def _add_tme_parsers(sub: argparse._SubParsersAction) -> None:
                    help="nuclei-detection processes (default 0: in this process)")
     p.add_argument("--weights", default=None, help="local encoder weights file (for embedding)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="one Ray task per slide; ADDRESS of the cluster, none for a local Ray")
     p.add_argument("--no-maps", action="store_true", help="no PNG maps or GeoJSON")
     p.add_argument("--redo", action="store_true", help="recompute slides already profiled")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -471,7 +473,8 @@ def cmd_tme_profile(args: argparse.Namespace) -> int:
         stroma_um=args.stroma_um, cohort_quantile=args.cohort_quantile, workers=args.workers,
         weights=args.weights, device=None if args.device == "auto" else args.device,
         maps=not args.no_maps, skip_done=not args.redo, progress=not args.quiet,
-        debug=args.debug)
+        debug=args.debug, backend="local" if args.ray is None else "ray",
+        ray_address=None if args.ray in (None, "local") else args.ray)
     table = profile_run(args.slides, args.out, classifier=args.classifier,
                         features=args.features, settings=settings)
     manifest = _manifest_rows(args.out / "tme" / "manifest.csv")

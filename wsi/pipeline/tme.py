@@ -64,6 +64,9 @@ class ProfileRunSettings:
         the phenotype thresholds are set from this quantile of the cohort's tumour grid
         cells (:meth:`PhenotypeThresholds.from_cohort`) and every profile is recomputed.
     nuclei: nucleus detection parameters; workers: detection processes (0: in-process);
+    backend: ``"local"`` or ``"ray"`` (one Ray task per slide to profile; ``ray_address``: the
+        cluster, None for a local Ray or ``RAY_ADDRESS``; ``ray_retries``: extra attempts of
+        a task whose worker dies);
     batch_size: tiles per read; weights / device: of the encoder for slides to embed;
     maps: write PNG maps and GeoJSON; skip_done: reuse finished slides; progress / debug.
     """
@@ -73,6 +76,9 @@ class ProfileRunSettings:
     cohort_quantile: float | None = None
     nuclei: NucleusParams = field(default_factory=NucleusParams)
     workers: int = 0
+    backend: str = "local"
+    ray_address: str | None = None
+    ray_retries: int = 2
     batch_size: int = 32
     weights: str | os.PathLike[str] | None = None
     device: str | None = None
@@ -491,6 +497,59 @@ def _recompute_with_cohort(
             _maps(out, it.path, profile, prov["tile_um"], prov["mpp_level0"])
 
 
+def _run_local(
+    items: list[_Slide], classifier: TileClassifier, out: Path, settings: ProfileRunSettings
+) -> None:
+    from tqdm.auto import tqdm
+
+    for item in tqdm(items, desc="slides", unit="slide", disable=not settings.progress):
+        if item.manifest is None:
+            profile_one(item, classifier, out, settings)
+
+
+def profile_task(
+    item: _Slide, classifier: TileClassifier, out: str, settings: ProfileRunSettings
+) -> _Slide:
+    """One slide profiled on a Ray worker (the step of ``backend="ray"``)."""
+    profile_one(item, classifier, Path(out), replace(settings, progress=False))
+    return item
+
+
+def _run_on_ray(
+    items: list[_Slide], classifier: TileClassifier, out: Path, settings: ProfileRunSettings
+) -> list[_Slide]:
+    """One Ray task per slide to profile; a task that fails every attempt is a failed row."""
+    from wsi.pipeline.ray_runner import _connect, import_ray
+
+    ray = import_ray()
+    started_here = _connect(ray, settings.ray_address)
+    try:
+        task = ray.remote(profile_task).options(
+            num_cpus=max(1, settings.workers),
+            max_retries=settings.ray_retries,
+            retry_exceptions=True,
+            name="wsi-tme-profile",
+        )
+        shipped = ray.put(classifier)
+        refs = {
+            it.index: task.remote(it, shipped, str(out), settings)
+            for it in items
+            if it.manifest is None
+        }
+        done = []
+        for item in items:
+            if item.index in refs:
+                try:
+                    item = ray.get(refs[item.index])
+                except Exception as exc:  # noqa: BLE001 - e.g. a worker that died every time
+                    item.manifest = failed_row(item.path, exc, time.perf_counter(), settings.debug)
+            done.append(item)
+        return done
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def profile_run(
     slides: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -505,6 +564,10 @@ def profile_run(
     or its file; ``features``: folder(s) with ``wsi embed`` feature files; ``options``:
     fields of :class:`ProfileRunSettings` (e.g. ``workers=4``, ``cohort_quantile=0.5``)."""
     settings = replace(settings or ProfileRunSettings(), **options)
+    if settings.backend not in ("local", "ray"):
+        from wsi.errors import InvalidParameterError
+
+        raise InvalidParameterError(f"backend must be 'local' or 'ray', got {settings.backend!r}")
     if features is not None:
         roots = [features] if isinstance(features, str | os.PathLike) else list(features)
         settings = replace(settings, features=tuple(Path(r) for r in roots))
@@ -525,11 +588,11 @@ def profile_run(
 
     _embed_missing(items, out, clf, settings)
     manifest = Manifest(out / "tme" / "manifest.csv")
-    from tqdm.auto import tqdm
-
-    for item in tqdm(items, desc="slides", unit="slide", disable=not settings.progress):
-        if item.manifest is None:
-            profile_one(item, clf, out, settings)
+    if settings.backend == "ray":
+        items = _run_on_ray(items, clf, out, settings)
+    else:
+        _run_local(items, clf, out, settings)
+    for item in items:
         assert item.manifest is not None
         manifest.update(item.manifest)
     manifest.flush()
