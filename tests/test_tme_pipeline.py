@@ -266,3 +266,28 @@ def test_ray_backend_writes_what_the_local_one_writes(tmp_path: Path):
         assert (tmp_path / "ray" / "tme" / f"{sid}.geojson").exists()
     manifest = pd.read_csv(tmp_path / "ray" / "tme" / "manifest.csv")
     assert list(manifest["status"]) == ["ok", "ok"]
+
+
+def test_profile_cli_thresholds_and_slide_mpp_reach_the_settings():
+    """`wsi tme profile --inflamed-per-mm2 --excluded-per-mm2 --slide-mpp` set the run's
+    phenotype thresholds (recorded as the user's) and the µm/px of slides embedded on the way;
+    left out, the literature defaults stay."""
+    from wsi.cli import build_parser
+    from wsi.errors import InvalidParameterError
+    from wsi.pipeline.tme import profile_settings
+
+    args = build_parser().parse_args([
+        "tme", "profile", "s.svs", "--out", "o", "--classifier", "c",
+        "--inflamed-per-mm2", "400", "--excluded-per-mm2", "600", "--slide-mpp", "0.25",
+    ])
+    settings = profile_settings(inflamed_per_mm2=args.inflamed_per_mm2,
+                                excluded_per_mm2=args.excluded_per_mm2, slide_mpp=args.slide_mpp)
+    thresholds = settings.params.thresholds
+    assert (thresholds.inflamed_per_mm2, thresholds.excluded_per_mm2) == (400.0, 600.0)
+    assert thresholds.source == "user" and settings.slide_mpp == 0.25
+    assert thresholds.cell_um == PhenotypeThresholds().cell_um
+    only_one = profile_settings(excluded_per_mm2=500.0).params.thresholds
+    assert only_one.inflamed_per_mm2 == PhenotypeThresholds().inflamed_per_mm2
+    assert profile_settings().params.thresholds == PhenotypeThresholds()
+    with pytest.raises(InvalidParameterError, match="--inflamed-per-mm2"):
+        profile_settings(inflamed_per_mm2=-1.0)

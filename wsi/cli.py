@@ -223,6 +223,14 @@ def _add_tme_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stroma-um", type=float, default=500.0,
                    help="stroma within this distance of the tumour region counts as stromal "
                         "(µm, default %(default)s)")
+    p.add_argument("--inflamed-per-mm2", type=float, default=None,
+                   help="least intratumoral lymphocytes per mm² of an inflamed grid cell "
+                        "(default: Park et al. 2022's 130)")
+    p.add_argument("--excluded-per-mm2", type=float, default=None,
+                   help="least stromal lymphocytes per mm² of an excluded grid cell "
+                        "(default: Park et al. 2022's 260)")
+    p.add_argument("--slide-mpp", type=float, default=None,
+                   help="level-0 µm/px of slides to embed whose metadata has none")
     p.add_argument("--workers", type=int, default=0,
                    help="nuclei-detection processes (default 0: in this process)")
     p.add_argument("--weights", default=None, help="local encoder weights file (for embedding)")
@@ -471,6 +479,8 @@ def cmd_tme_profile(args: argparse.Namespace) -> int:
 
     settings = profile_settings(
         stroma_um=args.stroma_um, cohort_quantile=args.cohort_quantile, workers=args.workers,
+        inflamed_per_mm2=args.inflamed_per_mm2, excluded_per_mm2=args.excluded_per_mm2,
+        slide_mpp=args.slide_mpp,
         weights=args.weights, device=None if args.device == "auto" else args.device,
         maps=not args.no_maps, skip_done=not args.redo, progress=not args.quiet,
         debug=args.debug, backend="local" if args.ray is None else "ray",

@@ -68,6 +68,7 @@ class ProfileRunSettings:
         cluster, None for a local Ray or ``RAY_ADDRESS``; ``ray_retries``: extra attempts of
         a task whose worker dies);
     batch_size: tiles per read; weights / device: of the encoder for slides to embed;
+    slide_mpp: level-0 µm/px for slides to embed whose metadata has none (as ``--slide-mpp``);
     maps: write PNG maps and GeoJSON; skip_done: reuse finished slides; progress / debug.
     """
 
@@ -83,14 +84,23 @@ class ProfileRunSettings:
     weights: str | os.PathLike[str] | None = None
     device: str | None = None
     maps: bool = True
+    slide_mpp: float | None = None
     skip_done: bool = True
     progress: bool = True
     debug: bool = False
 
 
-def profile_settings(*, stroma_um: float = 500.0, **fields: Any) -> ProfileRunSettings:
-    """:class:`ProfileRunSettings` with the stromal distance (µm) set and other ``fields``."""
+def profile_settings(
+    *,
+    stroma_um: float = 500.0,
+    inflamed_per_mm2: float | None = None,
+    excluded_per_mm2: float | None = None,
+    **fields: Any,
+) -> ProfileRunSettings:
+    """:class:`ProfileRunSettings` with the stromal distance (µm), the phenotype thresholds
+    (lymphocytes per mm²; None: :class:`PhenotypeThresholds`' defaults) and other ``fields``."""
     from wsi.errors import InvalidParameterError
+    from wsi.tme.phenotype import PhenotypeThresholds
     from wsi.tme.regions import RegionParams
 
     if not stroma_um > 0:
@@ -98,7 +108,15 @@ def profile_settings(*, stroma_um: float = 500.0, **fields: Any) -> ProfileRunSe
     quantile = fields.get("cohort_quantile")
     if quantile is not None and not 0 < quantile < 1:
         raise InvalidParameterError(f"--cohort-quantile must be between 0 and 1, got {quantile}")
+    given = {"inflamed_per_mm2": inflamed_per_mm2, "excluded_per_mm2": excluded_per_mm2}
+    given = {name: value for name, value in given.items() if value is not None}
+    for name, value in given.items():
+        if not value >= 0:
+            raise InvalidParameterError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    thresholds = replace(PhenotypeThresholds(), **given, source="user") if given else None
     params = ProfileParams(regions=RegionParams(stroma_distance_um=stroma_um))
+    if thresholds is not None:
+        params = replace(params, thresholds=thresholds)
     return ProfileRunSettings(params=params, **fields)
 
 
@@ -436,7 +454,9 @@ def _embed_missing(
     if not missing:
         return
     embed = EmbedSettings(
-        tiling=TileOptions(mpp=classifier.tile_mpp, size=classifier.tile_size),
+        tiling=TileOptions(
+            mpp=classifier.tile_mpp, size=classifier.tile_size, slide_mpp=settings.slide_mpp
+        ),
         encoder=classifier.encoder,
         weights=settings.weights,
         device=settings.device,
