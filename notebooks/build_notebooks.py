@@ -658,7 +658,8 @@ learns a risk per slide (higher = worse) from the tile features alone.
     md("## Parameters"),
     code(COHORT_PARAMS + '''
 FOLDS = 2 if FAST else 4
-EPOCHS = 4 if FAST else 30
+EPOCHS = 15 if FAST else 40  # Cox heads learn slowly at the default lr on tiny cohorts
+LR = 1e-3
 VAL_FRACTION = 0.0 if FAST else 0.2
 RUN = COHORT / "run_survival"  # metrics.json, predictions.csv, km_os_months.png, model.pt
 '''),
@@ -694,7 +695,7 @@ the median of each training fold's risks, applied unchanged to its held-out pati
 '''),
     code('''
 cohort = wsi.load_cohort(FEATURES, SURVIVAL_LABELS, targets=["os_months", "os_event"])
-config = models.TrainConfig(epochs=EPOCHS, val_fraction=VAL_FRACTION, survival_loss="cox")
+config = models.TrainConfig(epochs=EPOCHS, lr=LR, val_fraction=VAL_FRACTION, survival_loss="cox")
 start = time.perf_counter()
 cv = wsi.train_run(FEATURES, SURVIVAL_LABELS, RUN, survival=["os_months:os_event"],
                    treatment="arm", folds=FOLDS, config=config, progress=False)[0]

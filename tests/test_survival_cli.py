@@ -33,7 +33,8 @@ def test_train_and_predict_a_survival_head_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", "--features", str(feats), "--labels", str(labels), "--out", str(run),
                  "--folds", "3", "--survival", "os_months:os_event", "--classify", "type",
-                 "--treatment", "arm", "--epochs", "10", "--survival-times", "12,24",
+                 "--treatment", "arm", "--epochs", "15", "--survival-times", "12,24",
+                 "--survival-loss", "nll",
                  "--quiet"])  # fmt: skip
     assert code == 0
     entry = json.loads((run / "metrics.json").read_text())["tasks"]["os_months"]
