@@ -706,7 +706,11 @@ print(f"Harrell's C {entry['c_index']:.3f} (95% CI {entry['c_index_ci']}), "
 print(f"log-rank p {entry['logrank_p']}, hazard ratio high vs low {entry['hazard_ratio']}")
 print(f"treatment x risk group: p = {entry['treatment']['p_interaction']} (no true effect)")
 '''),
-    md("The Kaplan–Meier curves of the out-of-fold risk groups, with the number at risk:"),
+    md('''
+The Kaplan–Meier curves of the out-of-fold risk groups, with the number at risk. With
+`WSI_NB_FAST=1` (9 slides, 2 folds of 3-4 patients, each fold trained on the other 4-5) the
+numbers are noise; the full cohort (24 slides, 4 folds) is the one to read.
+'''),
     code('''display(Image(filename=str(RUN / "km_os_months.png")))'''),
     md('''
 Risk against the truth the cohort was drawn with: lymphocyte-rich patients should get low

