@@ -177,8 +177,10 @@ def _bootstrap_mean_c(folds: Sequence[FoldData], seed: int, n_boot: int = 200) -
             c, u, k = comparable[sub], uno[sub], concordant[sub]
             with np.errstate(invalid="ignore", divide="ignore"):
                 per_fold.append([(c * k).sum() / c.sum(), np.nansum(u * k) / np.nansum(u)])
-        if per_fold:
-            values[b] = np.nanmean(np.asarray(per_fold), axis=0)
+        finite = np.asarray(per_fold, dtype=np.float64).reshape(-1, 2)
+        for column in range(2):  # a fold whose resample has no comparable pair is skipped
+            kept = finite[np.isfinite(finite[:, column]), column]
+            values[b, column] = kept.mean() if kept.size else np.nan
     return [_percentiles(values[:, 0]), _percentiles(values[:, 1])]
 
 
