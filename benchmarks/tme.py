@@ -68,7 +68,7 @@ def main() -> None:
     tiles = read_tiles(paths, args.tiles)
     encoder = load_encoder("efficientnet_lite0", None, "cpu")
     encoder(np.stack(tiles[: args.batch_size]))  # warm-up: allocator, kernel choice
-    detect_nuclei(tiles[0], mpp=MPP)  # warm-up: scikit-image imports
+    detect_nuclei(tiles[0], mpp=MPP)             # warm-up: scikit-image imports
     nuclei, read_encode = [], []
     for _ in range(args.repeats):
         nuclei.append(time_nuclei(tiles))

@@ -8,8 +8,8 @@ Multi-task: a shared tile projection (Linear D->hidden, ReLU, dropout) feeds ONE
 branch per task (ABMIL/CLAM: a gated-attention branch; TransMIL: a class token), and each
 branch feeds its own head: logits (B, C) for a classification task, (B,) on the
 standardised scale for a regression task, and for a survival task the risk (B,) of a Cox
-head (log hazard ratio, higher = worse) or hazard logits (B, K) of a discrete-time head. Separate branches matter: a tumour-type head and
-an immune-fraction head want different tiles.
+head (log hazard ratio, higher = worse) or hazard logits (B, K) of a discrete-time head.
+Separate branches matter: a tumour-type head and an immune-fraction head want different tiles.
 """
 
 from __future__ import annotations
