@@ -21,10 +21,7 @@ def km_plot(
 ) -> Path:
     """Write Kaplan-Meier curves of each risk group present (in ``order``) with the number
     at risk under the axis to ``out_png``; an empty group is named in the legend."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # no backend switch: a notebook keeps its inline figures
     from lifelines import KaplanMeierFitter
     from lifelines.plotting import add_at_risk_counts
 
