@@ -16,6 +16,12 @@ When the whole cohort does not fit under ``wsi.cohort.default_cache_bytes()`` (t
 per bag is the same. Streamed reads come from the OS page cache when the files fit in it
 (likely just after writing them), so this measures HDF5 decoding and copying, not a cold
 disk. Not a test: numbers depend on the machine.
+
+    python3 benchmarks/training.py --survival [--bags 200] [--tiles 500] [--dim 256]
+
+instead compares, on in-memory bags, an epoch of a survival head (Cox with its risk memory,
+and the discrete-time NLL) with an epoch of the same head on a binary target, alternating
+runs; it prints the median seconds per epoch and survival / classification (target <= 1.3).
 """
 
 from __future__ import annotations
@@ -64,9 +70,14 @@ def in_memory(bags, limit_bytes: int) -> tuple[list[np.ndarray], int]:
     return [pool[i % k] for i in range(len(bags))], k
 
 
-def seconds_per_epoch(bags, labels: pd.DataFrame, config: TrainConfig) -> float:
+def seconds_per_epoch(
+    bags, labels: pd.DataFrame, config: TrainConfig, task: str = "classification"
+) -> float:
     start = time.perf_counter()
-    train(bags, labels, classify=["y"], config=config, progress=False)
+    if task == "classification":
+        train(bags, labels, classify=["y"], config=config, progress=False)
+    else:
+        train(bags, labels, survival=["t:e"], config=config, progress=False)
     if config.device.startswith("cuda"):
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / config.epochs
@@ -82,7 +93,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data", type=Path, default=Path("/tmp/wsi_bench_training"))
+    parser.add_argument("--survival", action="store_true", help="survival ÷ classification epoch")
     args = parser.parse_args()
+    if args.survival:
+        compare_survival(args)
+        return
 
     folder = args.data / f"{args.bags}x{args.tiles}x{args.dim}"
     write_bags(folder, args.bags, args.tiles, args.dim)
@@ -123,6 +138,42 @@ def main() -> None:
         f"s/epoch: memory {mem_s:.2f}, streamed {stream_s:.2f}; "
         f"streamed / memory = {stream_s / mem_s:.3f} (target <= 1.2)"
     )
+
+
+def compare_survival(args: argparse.Namespace) -> None:
+    """Epoch of a Cox and of a discrete-time survival head ÷ epoch of a classification head."""
+    rng = np.random.default_rng(0)
+    bags = [rng.standard_normal((args.tiles, args.dim), dtype=np.float32) for _ in range(args.bags)]
+    labels = pd.DataFrame(
+        {
+            "slide_id": [f"bag_{i:05d}" for i in range(args.bags)],
+            "y": np.arange(args.bags) % 2,
+            "t": rng.uniform(1, 60, args.bags).round(1),
+            "e": (rng.random(args.bags) < 0.6).astype(int),
+        }
+    )
+    print(
+        f"survival vs classification: bags={args.bags} tiles={args.tiles} dim={args.dim} "
+        f"epochs={args.epochs} device={args.device} threads={torch.get_num_threads()}"
+    )
+    base = {"epochs": args.epochs, "val_fraction": 0, "device": args.device, "precision": "fp32"}
+    runs = {
+        "classification": ("classification", TrainConfig(**base)),
+        "cox": ("survival", TrainConfig(**base, survival_loss="cox")),
+        "nll": ("survival", TrainConfig(**base, survival_loss="nll")),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for repeat in range(args.repeats):
+        for name, (task, config) in runs.items():
+            times[name].append(seconds_per_epoch(bags, labels, config, task))
+            print(f"  repeat {repeat + 1} {name:14s} {times[name][-1]:.3f} s/epoch")
+    median = {name: statistics.median(values) for name, values in times.items()}
+    for name in ("cox", "nll"):
+        print(
+            f"s/epoch: {name} {median[name]:.3f}, classification {median['classification']:.3f}; "
+            f"{name} / classification = {median[name] / median['classification']:.3f} "
+            "(target <= 1.3)"
+        )
 
 
 if __name__ == "__main__":

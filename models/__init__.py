@@ -45,6 +45,11 @@ _LAZY = {
     "load_checkpoint": "models.training",
     "predict": "models.training",
     "train": "models.training",
+    "harrell_c": "models.survival",
+    "uno_c": "models.survival",
+    "cumulative_auc": "models.survival",
+    "integrated_brier": "models.survival",
+    "treatment_interaction": "models.survival",
 }
 
 
@@ -83,4 +88,9 @@ __all__ = [
     "register_encoder",
     "register_head",
     "train",
+    "harrell_c",
+    "uno_c",
+    "cumulative_auc",
+    "integrated_brier",
+    "treatment_interaction",
 ]

@@ -7,8 +7,9 @@ and returns a :class:`MILOutput`: one output per task and one attention map per 
 Multi-task: a shared tile projection (Linear D->hidden, ReLU, dropout) feeds ONE attention
 branch per task (ABMIL/CLAM: a gated-attention branch; TransMIL: a class token), and each
 branch feeds its own head: logits (B, C) for a classification task, (B,) on the
-standardised scale for a regression task. Separate branches matter: a tumour-type head and
-an immune-fraction head want different tiles.
+standardised scale for a regression task, and for a survival task the risk (B,) of a Cox
+head (log hazard ratio, higher = worse) or hazard logits (B, K) of a discrete-time head.
+Separate branches matter: a tumour-type head and an immune-fraction head want different tiles.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from models.errors import TrainingDataError
 
-TaskKind = Literal["classification", "regression"]
+TaskKind = Literal["classification", "regression", "survival"]
 
 
 @dataclass(frozen=True)
@@ -32,17 +33,24 @@ class TaskSpec:
     """One prediction target: a labels column name, its kind and (classification) class names.
 
     ``classes`` are the label encoder: class ``i`` of the logits is ``classes[i]``.
+    ``n_bins`` (survival only): None for a Cox head (one output, the log hazard ratio =
+    risk), or the number of discrete-time bins of a hazard head (Zadeh & Schmid 2020).
     """
 
     name: str
     kind: TaskKind
     classes: tuple[str, ...] | None = None
+    n_bins: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("classification", "regression"):
+        if self.kind not in ("classification", "regression", "survival"):
             raise TrainingDataError(
-                f"task {self.name!r}: kind must be 'classification' or 'regression', "
-                f"not {self.kind!r}"
+                f"task {self.name!r}: kind must be 'classification', 'regression' or "
+                f"'survival', not {self.kind!r}"
+            )
+        if self.n_bins is not None and (self.kind != "survival" or self.n_bins < 2):
+            raise TrainingDataError(
+                f"task {self.name!r}: n_bins is for survival tasks only and must be >= 2"
             )
         if self.kind == "classification":
             if self.classes is None or len(self.classes) < 2:
@@ -52,12 +60,14 @@ class TaskSpec:
                 )
             object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         elif self.classes is not None:
-            raise TrainingDataError(f"regression task {self.name!r} takes no classes")
+            raise TrainingDataError(f"{self.kind} task {self.name!r} takes no classes")
 
     @property
     def n_outputs(self) -> int:
-        """Width of this task's head: the number of classes, or 1 for regression."""
-        return len(self.classes) if self.classes is not None else 1
+        """Width of this task's head: the number of classes (or discrete-time bins), else 1."""
+        if self.classes is not None:
+            return len(self.classes)
+        return self.n_bins or 1
 
 
 @dataclass
@@ -154,7 +164,7 @@ class MILModel(nn.Module):
         outputs = {}
         for i, (task, head) in enumerate(zip(self.tasks, self.heads, strict=True)):
             out = head(pooled[:, i])
-            outputs[task.name] = out if task.kind == "classification" else out.squeeze(-1)
+            outputs[task.name] = out if task.n_outputs > 1 else out.squeeze(-1)
         maps = {task.name: attention[:, i] for i, task in enumerate(self.tasks)}
         return MILOutput(outputs, maps, extra)
 

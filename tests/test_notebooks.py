@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # three notebooks in
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil", "04_tumour_microenvironment",
-         "06_subgroups")
+         "05_survival", "06_subgroups")
 CELL_TIMEOUT_S = 900
 ENV_PROBE = "import os\nprint('OMP_NUM_THREADS=' + str(os.environ.get('OMP_NUM_THREADS')))"
 
@@ -184,6 +184,8 @@ def test_tumour_microenvironment(executed: tuple[Path, dict]) -> None:
     assert all(r["evaluable"] == "True" for r in rows.values())
     # roles, density and phenotype maps of three slides
     assert _images(notebooks["04_tumour_microenvironment"]) >= 9
+
+
 def test_subgroups(executed: tuple[Path, dict]) -> None:
     work, notebooks = executed
     run = work / "cohort_9_small" / "subgroups"
@@ -195,3 +197,14 @@ def test_subgroups(executed: tuple[Path, dict]) -> None:
     text = _stdout(notebooks["06_subgroups"])
     assert "frozen model reproduces 9 of 9 discovery groups" in text
     assert _images(notebooks["06_subgroups"]) >= 3  # stability curve, UMAP, KM
+
+
+def test_survival(executed: tuple[Path, dict]) -> None:
+    work, notebooks = executed
+    run = work / "cohort_9_small" / "run_survival"
+    entry = json.loads((run / "metrics.json").read_text())["tasks"]["os_months"]
+    assert entry["kind"] == "survival" and 0.0 <= entry["c_index"] <= 1.0
+    assert (run / "km_os_months.png").stat().st_size > 0
+    text = _stdout(notebooks["05_survival"])
+    assert f"Harrell's C {entry['c_index']:.3f}" in text and "top-5 tile attention" in text
+    assert _images(notebooks["05_survival"]) >= 2  # KM curves, risk vs immune score

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def _survival_times(text: str) -> list[float]:
+    """``--survival-times 12,24,36``: numbers separated by commas."""
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"numbers separated by commas, got {text!r}") from None
+
+
 def _head_name(name: str) -> str:
     """``--model``: a name in the MIL head registry (loaded only when the flag is given)."""
     from models.mil import known_heads
@@ -136,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a categorical target column (repeatable)")
     p.add_argument("--regress", nargs="+", action="extend", default=[], metavar="COL",
                    help="continuous target column(s)")
+    p.add_argument("--survival", action="append", default=[], metavar="TIME_COL:EVENT_COL",
+                   help="a survival target (repeatable): follow-up time and event (1 observed, "
+                        "0 censored); the task is named after the time column")
+    p.add_argument("--survival-loss", choices=["cox", "nll"], default="cox",
+                   help="Cox partial likelihood or discrete-time NLL (default %(default)s)")
+    p.add_argument("--survival-times", default=[12.0, 24.0, 36.0], type=_survival_times,
+                   metavar="T,T,...",
+                   help="times (time column's unit) of the time-dependent AUC (default 12,24,36)")
+    p.add_argument("--risk-groups", choices=["median", "tertiles"], default="median",
+                   help="risk-group cut-offs, fixed on each training fold (default %(default)s)")
+    p.add_argument("--treatment", default=None, metavar="COL",
+                   help="a two-arm column: test treatment x risk-group interaction (Cox, LR p)")
     p.add_argument("--epochs", type=int, default=40, help="maximum epochs (early stopping)")
     p.add_argument("--max-tiles", type=int, default=None, help="subsample bags while training")
     p.add_argument("--seed", type=int, default=0)
@@ -421,10 +441,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.training import TrainConfig
     from wsi.pipeline.train import train_run
 
-    config = TrainConfig(epochs=args.epochs, max_tiles=args.max_tiles, seed=args.seed)
+    config = TrainConfig(
+        epochs=args.epochs, max_tiles=args.max_tiles, seed=args.seed,
+        survival_loss=args.survival_loss, risk_groups=args.risk_groups,
+    )
     cv, cohort = train_run(
         args.features, args.labels, args.out, classify=args.classify, regress=args.regress,
         arch=args.model, folds=args.folds, config=config, progress=not args.quiet,
+        survival=args.survival, treatment=args.treatment, survival_times=args.survival_times,
     )
     for slide_id, error in cohort.unreadable.items():
         print(f"{slide_id}: left out: {error}")

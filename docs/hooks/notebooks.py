@@ -27,7 +27,7 @@ from mkdocs.structure.files import File
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil", "04_tumour_microenvironment",
-         "06_subgroups")
+         "05_survival", "06_subgroups")
 CELL_TIMEOUT_S = 900
 
 _cache: dict[str, dict[str, str]] = {}  # code hash -> executed notebook JSON per name

@@ -36,6 +36,9 @@ class TrainedModel:
     encoder: str | None = None
     best_epoch: int = 0
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    survival: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per survival task: ``bins`` (inner edges of discrete-time bins, [] for Cox),
+    ``cutoffs`` (risk-group cut-offs fixed on the training slides) and ``groups`` (names)."""
 
     def __repr__(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -56,7 +59,12 @@ class TrainedModel:
             "config": asdict(self.config),
             "state_dict": state,
             "tasks": [
-                {"name": t.name, "kind": t.kind, "classes": list(t.classes or []) or None}
+                {
+                    "name": t.name,
+                    "kind": t.kind,
+                    "classes": list(t.classes or []) or None,
+                    "n_bins": t.n_bins,
+                }
                 for t in self.tasks
             ],
             "regression_stats": {k: list(v) for k, v in self.regression_stats.items()},
@@ -64,6 +72,7 @@ class TrainedModel:
             "feature_dim": self.feature_dim,
             "best_epoch": self.best_epoch,
             "curves": self.curves.to_dict(orient="list"),
+            "survival": self.survival,
         }
         return write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))
 
@@ -82,6 +91,8 @@ def _task_text(task: TaskSpec) -> str:
     """``type (3 classes)`` or ``immune (regression)``."""
     if task.kind == "classification":
         return f"{task.name} ({task.n_outputs} classes)"
+    if task.kind == "survival":
+        return f"{task.name} (survival, {'Cox' if task.n_bins is None else f'{task.n_bins} bins'})"
     return f"{task.name} ({task.kind})"
 
 
@@ -117,7 +128,9 @@ def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> Traine
     try:
         known = {f.name for f in fields(TrainConfig)}
         config = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
-        tasks = tuple(TaskSpec(t["name"], t["kind"], t["classes"]) for t in ckpt["tasks"])
+        tasks = tuple(
+            TaskSpec(t["name"], t["kind"], t["classes"], t.get("n_bins")) for t in ckpt["tasks"]
+        )
         model = build_model(
             ckpt["arch"],
             ckpt["feature_dim"],
@@ -142,4 +155,5 @@ def load_checkpoint(path: str | os.PathLike[str], device: str = "cpu") -> Traine
         encoder=ckpt["encoder"],
         best_epoch=int(ckpt.get("best_epoch", 0)),
         curves=pd.DataFrame(ckpt.get("curves", {})),
+        survival=ckpt.get("survival", {}),
     )

@@ -24,6 +24,13 @@ class TrainConfig:
     ``num_workers``); another thread count changes float32 rounding (~1e-8: torch's CPU
     softmax backward, for one, depends on it). Each fit seeds torch's global RNG with
     ``seed``, so a fold's model does not depend on the folds trained before it.
+
+    Survival tasks: ``survival_loss`` "cox" (partial likelihood, Efron ties; each step's
+    bags are scored against the risks of the last ``survival_memory`` training slides,
+    kept without gradient, since one bag alone has no risk set) or "nll" (discrete-time
+    hazards in ``survival_bins`` bins whose edges are quantiles of the training slides'
+    event times). ``risk_groups`` "median" or "tertiles": the cut-offs, quantiles of the
+    training slides' risks, stored with the model.
     """
 
     epochs: int = 40
@@ -42,6 +49,15 @@ class TrainConfig:
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    survival_loss: Literal["cox", "nll"] = "cox"
+    survival_bins: int = 4
+    survival_memory: int = 64
+    risk_groups: Literal["median", "tertiles"] = "median"
+
+    @property
+    def n_bins(self) -> int | None:
+        """Discrete-time bins of survival heads: None for Cox heads."""
+        return self.survival_bins if self.survival_loss == "nll" else None
 
     def __post_init__(self) -> None:
         checks = [
@@ -54,6 +70,13 @@ class TrainConfig:
             (self.regression_loss in ("mse", "huber"), "regression_loss must be 'mse' or 'huber'"),
             (self.precision in PRECISIONS, "precision must be 'auto', 'fp32', 'bf16' or 'fp16'"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.survival_loss in ("cox", "nll"), "survival_loss must be 'cox' or 'nll'"),
+            (self.survival_bins >= 2, "survival_bins must be >= 2"),
+            (self.survival_memory >= 0, "survival_memory must be >= 0"),
+            (
+                self.risk_groups in ("median", "tertiles"),
+                "risk_groups must be 'median' or 'tertiles'",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from models.atomic import write_text_atomic
 from models.defaults import DEFAULT_HEAD
+from models.errors import TrainingDataError
 from models.metrics import classification_metrics, regression_metrics
 from models.mil import TaskSpec
 from models.training.bags import _feature_dim
@@ -24,9 +25,10 @@ from models.training.checkpoint import TrainedModel
 from models.training.config import TrainConfig
 from models.training.fit import _fit
 from models.training.folds import _assign_folds
-from models.training.inference import _infer, _task_columns
+from models.training.inference import _infer, _output_shape, _task_columns
 from models.training.labels import _encode_labels, _Labels
 from models.training.runs import FINISHED_FOLD, FINISHED_RUN, _finished_fold, _run_key, _start_run
+from models.training.survival_cv import fold_survival, slide_groups, survival_entry
 
 
 @dataclass
@@ -62,7 +64,7 @@ class CVResult:
         """One row per (task, metric): mean and sample sd over folds (NaN folds skipped)."""
         rows = []
         for task, entry in self.metrics["tasks"].items():
-            names = [k for k in entry["per_fold"][0] if k not in ("fold", "n")]
+            names = [k for k in entry["per_fold"][0] if k not in ("fold", "n", "note")]
             for name in names:
                 values = np.array(
                     [np.nan if f[name] is None else f[name] for f in entry["per_fold"]], dtype=float
@@ -101,6 +103,9 @@ def cross_validate(
     progress: bool = True,
     refit: bool = False,
     data_key: str | None = None,
+    survival: Sequence[str] = (),
+    survival_times: Sequence[float] = (12, 24, 36),
+    treatment: str | None = None,
 ) -> CVResult:
     """K-fold cross-validation grouped by patient and stratified by the first class target.
 
@@ -120,9 +125,20 @@ def cross_validate(
     (but ``num_workers``), device type and library versions are the same instead of
     retraining it. A crashed run re-run so ends with the outputs of an uninterrupted one
     (bit-identical on CPU with the same number of threads, see :class:`TrainConfig`).
+
+    ``survival``: ``"time_col:event_col"`` targets (risk higher = worse). Per fold and as
+    fold means: Harrell's and Uno's C (with bootstrap CIs), cumulative/dynamic AUC at
+    ``survival_times`` and the integrated Brier score; on the pooled out-of-fold patients
+    the log-rank p and hazard ratio of the risk groups (cut-offs fixed on each fold's
+    training slides) and, with ``treatment`` (a two-arm column), the treatment x
+    risk-group interaction (likelihood-ratio p). Slides of one patient are averaged.
     """
     config = config or TrainConfig()
-    lab = _encode_labels(labels, classify, regress, len(bags), patient_col)
+    lab = _encode_labels(
+        labels, classify, regress, len(bags), patient_col, survival=survival,
+        n_bins=config.n_bins,
+    )  # fmt: skip
+    arms = _treatment_arms(labels, lab, treatment)
     fold_of = _assign_folds(lab, folds, config.seed)
     dim = _feature_dim(bags)
     fit = partial(
@@ -142,10 +158,10 @@ def cross_validate(
             run_key = _run_key(lab, fold_of, arch, config, dim, encoder, data_key)
         _start_run(out_path, folds, run_key)
     n = len(bags)
-    outputs = {
-        t.name: np.zeros((n, t.n_outputs) if t.kind == "classification" else n) for t in lab.tasks
-    }
+    outputs = {t.name: np.zeros(_output_shape(t, n)) for t in lab.tasks}
     per_fold: dict[str, list[dict[str, Any]]] = {t.name: [] for t in lab.tasks}
+    fold_data: dict[str, list[Any]] = {t.name: [] for t in lab.tasks}
+    groups = {t.name: np.full(n, None, dtype=object) for t in lab.tasks}
     models, reused = [], []
     for k in tqdm(range(folds), desc="folds", leave=False, disable=not progress):
         test = np.flatnonzero(fold_of == k)
@@ -157,6 +173,8 @@ def cross_validate(
             trained = _train_fold(fit, fold_of, k, fold_dir)
         fold_out = _infer(trained, bags, test, lab.slide_ids, num_workers=config.num_workers)
         scores = _score_fold(lab, test, fold_out)
+        scores.update(_score_survival(lab, trained, bags, fold_of, k, fold_out, config,
+                                      survival_times, fold_data, groups))  # fmt: skip
         for task in lab.tasks:
             outputs[task.name][test] = fold_out[task.name]
             per_fold[task.name].append({"fold": k, **scores[task.name]})
@@ -164,8 +182,9 @@ def cross_validate(
         if fold_dir is not None and k not in reused:
             _save_fold(fold_dir, k, trained, run_key, len(test), scores)
 
-    predictions = _cv_predictions(lab, fold_of, outputs)
+    predictions = _cv_predictions(lab, fold_of, outputs, groups)
     metrics = _cv_metrics(lab, arch, folds, per_fold)
+    _add_survival_entries(metrics, lab, fold_data, per_fold, arms, treatment, config)
     if out_path is not None:
         _write_csv(predictions, out_path / "predictions.csv")
     final = fit(np.arange(n), desc="epochs") if refit else None
@@ -199,7 +218,7 @@ def _score_fold(
     """Per task: the fold's metrics (None where undefined) and ``n``, its slides with a
     known target."""
     scores: dict[str, dict[str, Any]] = {}
-    for task in lab.tasks:
+    for task in [t for t in lab.tasks if t.kind != "survival"]:
         truth = lab.values[task.name][test]
         found = _fold_metrics(task, truth, fold_out[task.name])
         known = truth >= 0 if task.kind == "classification" else ~np.isnan(truth)
@@ -208,6 +227,67 @@ def _score_fold(
             **{m: _json_number(v) for m, v in found.items()},
         }
     return scores
+
+
+def _add_survival_entries(
+    metrics: dict[str, Any],
+    lab: _Labels,
+    fold_data: Mapping[str, list[Any]],
+    per_fold: Mapping[str, list[dict[str, Any]]],
+    arms: Mapping[str, Any] | None,
+    treatment: str | None,
+    config: TrainConfig,
+) -> None:
+    n_groups = 2 if config.risk_groups == "median" else 3
+    for task in [t for t in lab.tasks if t.kind == "survival"]:
+        metrics["tasks"][task.name] = survival_entry(
+            task, fold_data[task.name], per_fold[task.name],
+            None if arms is None else (str(treatment), arms), n_groups,
+            [lab.notes.get(task.name, "")], config.seed,
+        )  # fmt: skip
+
+
+def _score_survival(
+    lab: _Labels,
+    trained: TrainedModel,
+    bags: Sequence[Any],
+    fold_of: np.ndarray,
+    k: int,
+    fold_out: Mapping[str, np.ndarray],
+    config: TrainConfig,
+    times: Sequence[float],
+    fold_data: dict[str, list[Any]],
+    groups: dict[str, np.ndarray],
+) -> dict[str, dict[str, Any]]:
+    """Fold ``k``'s survival scores (the training slides are predicted too: Uno's tau,
+    the censoring weights and the Breslow baseline come from them)."""
+    tasks = [t for t in lab.tasks if t.kind == "survival"]
+    if not tasks:
+        return {}
+    test, train = np.flatnonzero(fold_of == k), np.flatnonzero(fold_of != k)
+    train_out = _infer(trained, bags, train, lab.slide_ids, num_workers=config.num_workers)
+    scores = {}
+    for task in tasks:
+        parts = {"test": (test, fold_out[task.name]), "train": (train, train_out[task.name])}
+        data, scores[task.name], _ = fold_survival(lab, task, trained, parts, times)
+        fold_data[task.name].append(data)
+        groups[task.name][test] = slide_groups(trained, task, fold_out[task.name][:, 0])
+    return scores
+
+
+def _treatment_arms(
+    labels: pd.DataFrame, lab: _Labels, treatment: str | None
+) -> dict[str, Any] | None:
+    """Patient -> treatment arm (blank cells left out), or None without ``treatment``."""
+    if treatment is None:
+        return None
+    if treatment not in labels.columns:
+        raise TrainingDataError(
+            f"treatment column {treatment!r} not in labels; columns are: {list(labels.columns)}"
+        )
+    column = labels.reset_index(drop=True)[treatment]
+    known = ~(column.isna() | column.astype(str).str.strip().eq("")).to_numpy()
+    return dict(zip(lab.groups[known], column.astype(str).str.strip()[known], strict=True))
 
 
 def _save_fold(
@@ -237,7 +317,7 @@ def _cv_metrics(
     """The metrics.json dict: per task its kind, (classes), the mean of each metric over
     the folds where it is defined, and ``per_fold``."""
     metrics: dict[str, Any] = {"model": arch, "folds": folds, "tasks": {}}
-    for task in lab.tasks:
+    for task in [t for t in lab.tasks if t.kind != "survival"]:
         entry: dict[str, Any] = {"kind": task.kind}
         if task.kind == "classification":
             entry["classes"] = list(task.classes or ())
@@ -250,11 +330,21 @@ def _cv_metrics(
 
 
 def _cv_predictions(
-    lab: _Labels, fold_of: np.ndarray, outputs: Mapping[str, np.ndarray]
+    lab: _Labels,
+    fold_of: np.ndarray,
+    outputs: Mapping[str, np.ndarray],
+    groups: Mapping[str, np.ndarray],
 ) -> pd.DataFrame:
     columns: dict[str, Any] = {"slide_id": lab.slide_ids, "fold": fold_of}
     for task in lab.tasks:
         truth = lab.values[task.name]
+        if task.kind == "survival":
+            known = ~np.isnan(truth)
+            columns[f"{task.name}_time"] = truth
+            columns[f"{task.name}_event"] = np.where(known, lab.events[task.name], np.nan)
+            columns[f"{task.name}_risk"] = outputs[task.name][:, 0]
+            columns[f"{task.name}_group"] = groups[task.name]
+            continue
         if task.kind == "classification":
             names = np.array(task.classes, dtype=object)
             columns[f"{task.name}_true"] = np.where(truth >= 0, names[truth.clip(min=0)], None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,22 +19,35 @@ from models.defaults import DEFAULT_HEAD
 from models.device import ResolvedPrecision, autocast, resolve_device, resolve_precision
 from models.errors import TrainingDataError
 from models.mil import MILModel, TaskSpec, build_model
+from models.survival.groups import group_names, risk_cutoffs
+from models.survival.losses import RiskMemory, bin_index, cox_efron_nll, time_bins
 from models.training.bags import _BagDataset, _batch, _feature_dim, _loader
 from models.training.checkpoint import TrainedModel
 from models.training.config import TrainConfig
 from models.training.folds import _holdout
+from models.training.inference import _infer
 from models.training.labels import _encode_labels, _Labels
 from models.training.losses import _batch_loss, _class_weights, _task_losses
 
 
 def _targets_on(
-    lab: _Labels, stats: Mapping[str, tuple[float, float]], device: torch.device
+    lab: _Labels,
+    stats: Mapping[str, tuple[float, float]],
+    device: torch.device,
+    survival: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Tensor]:
-    """Per-task target tensors over all slides: class indices, or standardised floats."""
+    """Per-task target tensors over all slides: class indices, standardised floats, or
+    (time, event, time bin) rows for a survival task."""
     out = {}
     for task in lab.tasks:
         v = lab.values[task.name]
-        if task.kind == "classification":
+        if task.kind == "survival":
+            time = torch.as_tensor(v, dtype=torch.float32)
+            edges = torch.as_tensor((survival or {}).get(task.name, {}).get("bins", []))
+            time_bin = bin_index(time=torch.nan_to_num(time), edges=edges.float())
+            event = torch.as_tensor(lab.events[task.name], dtype=torch.float32)
+            out[task.name] = torch.stack([time, event, time_bin.float()], dim=1).to(device)
+        elif task.kind == "classification":
             out[task.name] = torch.as_tensor(v, dtype=torch.int64, device=device)
         else:
             mean, std = stats[task.name]
@@ -58,6 +71,8 @@ def _target_scaling(
     weights: dict[str, Tensor] = {}
     for task in lab.tasks:
         v = lab.values[task.name][fit_idx]
+        if task.kind == "survival":
+            continue
         if task.kind == "regression":
             known = v[~np.isnan(v)]
             if known.size == 0:
@@ -83,6 +98,7 @@ class _Step:
     config: TrainConfig
     device: torch.device
     precision: ResolvedPrecision
+    memory: dict[str, RiskMemory] = field(default_factory=dict)
 
     def train_epoch(self, loader: DataLoader, subsample: torch.Generator) -> Tensor:
         """One pass over ``loader``; the sum over bags of their batch's loss."""
@@ -96,7 +112,9 @@ class _Step:
             y = {name: t[index] for name, t in self.targets.items()}
             with autocast(self.device, self.precision):
                 out = self.model(x, mask, {name: t[index] for name, t in class_targets.items()})
-            loss = _batch_loss(out, y, self.tasks, self.weights, self.config.regression_loss)
+            loss = _batch_loss(
+                out, y, self.tasks, self.weights, self.config.regression_loss, self.memory
+            )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -110,6 +128,9 @@ class _Step:
         self.model.eval()
         sums = {t.name: torch.zeros((), device=self.device) for t in self.tasks}
         counts = {t.name: torch.zeros((), device=self.device) for t in self.tasks}
+        cox = [t for t in self.tasks if t.kind == "survival" and t.n_bins is None]
+        risks: dict[str, list[Tensor]] = {t.name: [] for t in cox}
+        rows: list[Tensor] = []
         for items in loader:
             x, mask, index = _batch(items, None, None, self.device)
             with autocast(self.device, self.precision):
@@ -119,10 +140,27 @@ class _Step:
             for name, (loss, count) in losses.items():
                 sums[name] += loss
                 counts[name] += count
+            rows.append(index)
+            for task in cox:
+                risks[task.name].append(out.outputs[task.name].float().reshape(-1))
+        for task in cox:  # one risk set: every validation slide (per event, mean)
+            sums[task.name], counts[task.name] = self._cox_validation(task, risks, rows)
         return {
             f"val_loss_{name}": float(sums[name] / counts[name]) if counts[name] else math.nan
             for name in sums
         }
+
+    def _cox_validation(
+        self, task: TaskSpec, risks: Mapping[str, list[Tensor]], rows: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """(Cox negative partial log-likelihood, events) over all validation slides."""
+        if not rows:
+            return torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        y = self.targets[task.name][torch.cat(rows)]
+        risk = torch.cat(list(risks[task.name]))
+        known = ~torch.isnan(y[:, 0])
+        time, event = y[known, 0], y[known, 1]
+        return cox_efron_nll(time=time, event=event, risk=risk[known]), event.sum()
 
 
 @dataclass
@@ -167,6 +205,7 @@ def _fit(
     fit_idx, val_idx = _holdout(lab, train_idx, config)
     device = resolve_device(config.device, mps=False)
     stats, weights = _target_scaling(lab, fit_idx, config, device)
+    survival = _survival_bins(lab, fit_idx)
     model = build_model(
         arch,
         feature_dim,
@@ -184,12 +223,13 @@ def _fit(
         model,
         optimizer,
         scaler,
-        _targets_on(lab, stats, device),
+        _targets_on(lab, stats, device, survival),
         weights,
         lab.tasks,
         config,
         device,
         precision,
+        {t.name: RiskMemory(config.survival_memory) for t in lab.tasks if t.kind == "survival"},
     )
     train_loader = _loader(_training_bags(bags, fit_idx, feature_dim, lab), config, shuffle=True)
     val_loader = None
@@ -213,7 +253,7 @@ def _fit(
     if best.state is not None:
         model.load_state_dict(best.state)
     model.eval()
-    return TrainedModel(
+    trained = TrainedModel(
         model=model,
         arch=arch,
         config=config,
@@ -223,7 +263,43 @@ def _fit(
         encoder=encoder,
         best_epoch=best.epoch,
         curves=pd.DataFrame(rows),
+        survival=survival,
     )
+    _fix_risk_groups(trained, bags, lab, train_idx)
+    return trained
+
+
+def _survival_bins(lab: _Labels, fit_idx: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per survival task, the discrete-time bin edges from the fitting slides' events
+    ([] for a Cox head)."""
+    out = {}
+    for task in lab.tasks:
+        if task.kind != "survival":
+            continue
+        bins: list[float] = []
+        if task.n_bins is not None:
+            time, event = lab.values[task.name][fit_idx], lab.events[task.name][fit_idx]
+            bins = time_bins(time=time, event=event, n_bins=task.n_bins)
+        out[task.name] = {"bins": bins}
+    return out
+
+
+def _fix_risk_groups(
+    trained: TrainedModel, bags: Sequence[Any], lab: _Labels, train_idx: np.ndarray
+) -> None:
+    """Risk-group cut-offs of each survival task from the risks of its training slides
+    (known target), stored in ``trained.survival``: fixed here, applied unchanged later."""
+    tasks = [t for t in lab.tasks if t.kind == "survival"]
+    if not tasks:
+        return
+    out = _infer(trained, bags, train_idx, lab.slide_ids, num_workers=trained.config.num_workers)
+    for task in tasks:
+        known = ~np.isnan(lab.values[task.name][train_idx])
+        risk = out[task.name][:, 0][known]
+        cutoffs = risk_cutoffs(risk=risk, scheme=trained.config.risk_groups) if known.any() else []
+        trained.survival[task.name].update(
+            cutoffs=cutoffs, groups=group_names(len(cutoffs) + 1), scheme=trained.config.risk_groups
+        )
 
 
 def train(
@@ -237,11 +313,15 @@ def train(
     encoder: str | None = None,
     patient_col: str = "patient_id",
     progress: bool = True,
+    survival: Sequence[str] = (),
 ) -> TrainedModel:
     """Train one MIL head on all slides (early stopping on a patient-grouped validation
     split carved from them). ``labels`` row i describes ``bags[i]``; ``classify`` and
-    ``regress`` name its target columns; ``encoder`` is recorded in the checkpoint."""
+    ``regress`` name its target columns, ``survival`` its ``"time_col:event_col"`` pairs;
+    ``encoder`` is recorded in the checkpoint."""
     config = config or TrainConfig()
-    lab = _encode_labels(labels, classify, regress, len(bags), patient_col)
+    lab = _encode_labels(
+        labels, classify, regress, len(bags), patient_col, survival=survival, n_bins=config.n_bins
+    )
     dim = _feature_dim(bags)
     return _fit(bags, lab, np.arange(len(bags)), arch, config, dim, encoder, progress, "epochs")

@@ -6,7 +6,7 @@ Empty cells (NaN, None, "") mean "unknown": class -1, or NaN for a regression ta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ import pandas as pd
 
 from models.errors import TrainingDataError
 from models.mil import TaskSpec
+from models.survival.labels import encode_survival, parse_survival_spec
 
 
 @dataclass
@@ -25,6 +26,8 @@ class _Labels:
     slide_ids: np.ndarray
     groups: np.ndarray
     has_patients: bool
+    events: dict[str, np.ndarray] = field(default_factory=dict)  # survival: 1 event, 0 censored
+    notes: dict[str, str] = field(default_factory=dict)  # survival rows left out, and why
 
     @property
     def stratify(self) -> np.ndarray | None:
@@ -132,11 +135,17 @@ def _encode_labels(
     n_bags: int,
     patient_col: str | None,
     require_task: bool = True,
+    survival: Sequence[str | Sequence[str]] | str = (),
+    n_bins: int | None = None,
 ) -> _Labels:
     labels, slide_ids = _read_labels(labels, n_bags)
     classify, regress = _as_columns(classify), _as_columns(regress)
-    if require_task and not classify and not regress:
-        raise TrainingDataError("name at least one target: classify=[column] or regress=[column]")
+    pairs = [parse_survival_spec(s) for s in _as_columns(survival)]
+    if require_task and not classify and not regress and not pairs:
+        raise TrainingDataError(
+            "name at least one target: classify=[column], regress=[column] or "
+            "survival=['time_col:event_col']"
+        )
     both = set(classify) & set(regress)
     if both:
         raise TrainingDataError(f"columns {sorted(both)} are in both classify and regress")
@@ -158,5 +167,13 @@ def _encode_labels(
     for column in regress:
         values[column] = _encode_regression(labels[column], column, slide_ids)
         tasks.append(TaskSpec(column, "regression"))
+    events, notes = {}, {}
+    for time_col, event_col in pairs:
+        if time_col in values:
+            raise TrainingDataError(f"column {time_col!r} is named as two targets")
+        values[time_col], events[time_col], note = encode_survival(labels, time_col, event_col)
+        if note is not None:
+            notes[time_col] = note
+        tasks.append(TaskSpec(time_col, "survival", n_bins=n_bins))
     groups, has_patients = _patient_groups(labels, slide_ids, patient_col)
-    return _Labels(tuple(tasks), values, slide_ids, groups, has_patients)
+    return _Labels(tuple(tasks), values, slide_ids, groups, has_patients, events, notes)

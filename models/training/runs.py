@@ -106,5 +106,7 @@ def _run_key(
         },
         "folds": fold_of.tolist(),
     }
+    if lab.events:  # survival tasks: the events decide the fold's model too
+        payload["events"] = {name: values.tolist() for name, values in lab.events.items()}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -52,7 +52,8 @@ def heatmap_run(
         thumbnail = slide.read_thumbnail(downsample)
         measurements: dict[str, np.ndarray] = {}
         for i, (task, attention) in enumerate(maps.items()):
-            prediction = frame.iloc[0][f"{task}_pred"]
+            row = frame.iloc[0]
+            prediction = row.get(f"{task}_pred", row.get(f"{task}_group", row.get(f"{task}_risk")))
             title = f"{slide.slide_id}: {task} attention (prediction: {_short(prediction)})"
             image = attention_overlay(
                 thumbnail, downsample, tiles.coords, size_level0, attention,

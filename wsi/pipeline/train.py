@@ -33,6 +33,9 @@ def train_run(
     folds: int = 5,
     config: Any = None,
     progress: bool = True,
+    survival: Sequence[str] = (),
+    survival_times: Sequence[float] = (12, 24, 36),
+    treatment: str | None = None,
 ) -> tuple[Any, Cohort]:
     """Cross-validate ``arch`` on the cohort, then train the final model on every slide.
 
@@ -42,23 +45,53 @@ def train_run(
     same feature files (names, sizes, mtimes), labels and settings, and ends with the same
     outputs as an uninterrupted run. Returns the cross-validation result (``.final`` is the
     final model) and the cohort used.
+
+    ``survival``: ``"time_col:event_col"`` targets (see :func:`models.cross_validate`);
+    each also gets ``RUN/km_<time col>.png``, Kaplan-Meier curves of the out-of-fold risk
+    groups (one row per patient) with the number at risk.
     """
     import models
 
-    classify, regress = list(classify), list(regress)
-    if not classify and not regress:
-        raise LabelsError("name at least one target: --classify COL and/or --regress COL ...")
+    classify, regress, survival = list(classify), list(regress), list(survival)
+    if not classify and not regress and not survival:
+        raise LabelsError(
+            "name at least one target: --classify COL, --regress COL or --survival TIME:EVENT"
+        )
     if folds < 2:
         raise LabelsError(f"--folds must be at least 2 for cross-validation, got {folds}")
-    cohort = load_cohort(features_dir, labels, targets=classify + regress)
+    columns = [c for spec in survival for c in spec.split(":")] + ([treatment] if treatment else [])
+    cohort = load_cohort(features_dir, labels, targets=classify + regress + columns)
     with _run_folder_lock(Path(out_dir)):
         cv = models.cross_validate(
             cohort.bags, cohort.labels.reset_index(drop=True), classify=classify,
             regress=regress, folds=folds, arch=arch, config=config, out_dir=Path(out_dir),
             encoder=cohort.encoder, progress=progress, refit=True,
-            data_key=_features_key(cohort),
+            data_key=_features_key(cohort), survival=survival, survival_times=survival_times,
+            treatment=treatment,
         )
+        for spec in survival:
+            _km_figure(cv, cohort, spec.split(":")[0], Path(out_dir))
     return cv, cohort
+
+
+def _km_figure(cv: Any, cohort: Cohort, task: str, out_dir: Path) -> Path:
+    """``RUN/km_<task>.png`` from the out-of-fold predictions, one row per patient."""
+    from wsi.viz.km import km_plot
+
+    table = cv.predictions.copy()
+    labels = cohort.labels.reset_index(drop=True)
+    table["patient"] = (
+        labels["patient_id"].astype(str) if "patient_id" in labels.columns else table["slide_id"]
+    )
+    table = table.dropna(subset=[f"{task}_time", f"{task}_group"])
+    patients = table.groupby("patient", sort=False).first()
+    entry = cv.metrics["tasks"][task]
+    p = entry.get("logrank_p")
+    title = f"{task}: out-of-fold risk groups" + (f", log-rank p = {p:.3g}" if p is not None else "")
+    return km_plot(
+        time=patients[f"{task}_time"], event=patients[f"{task}_event"],
+        group=patients[f"{task}_group"], out_png=out_dir / f"km_{task}.png", title=title,
+    )
 
 
 def _run_folder_lock(run_dir: Path) -> Any:
