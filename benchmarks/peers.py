@@ -431,7 +431,10 @@ def measure(
                 except RuntimeError as exc:
                     print(f"{row}: {c} failed, dropped: {exc}", flush=True)
                     present = [p for p in present if p != c]
-        table.extend(summarise(row, {c: r for c, r in runs.items() if r}))
+        done = summarise(row, {c: r for c, r in runs.items() if r})
+        for line in table_lines(done):  # as each row finishes: a long run shows progress
+            print(line, flush=True)
+        table.extend(done)
     return table
 
 
@@ -459,10 +462,13 @@ def summarise(row: str, runs: dict[str, list[dict]]) -> list[dict]:
     return out
 
 
-def markdown(table: list[dict], repeats: int) -> str:
-    """The table as Markdown: one line per row, peer value and peer ÷ wsi per column."""
-    peers = ["lazyslide", "hs2p", "tiatoolbox", "openslide"]
-    lines = [f"| measure | wsi | {' | '.join(peers)} | counts |", "|---" * (len(peers) + 3) + "|"]
+PEER_COLUMNS = ("lazyslide", "hs2p", "tiatoolbox", "openslide")
+
+
+def table_lines(table: list[dict]) -> list[str]:
+    """One Markdown line per row: wsi's median, then peer ÷ wsi (peer's median) per peer."""
+    peers = PEER_COLUMNS
+    lines = []
     for e in table:
         unit = e["unit"]
         cells = []
@@ -474,6 +480,14 @@ def markdown(table: list[dict], repeats: int) -> str:
                 cells.append("—")
         counts = ", ".join(f"{c} {n}" for c, n in e["counts"].items())
         lines.append(f"| {e['row']} | {e['wsi']:.3g} {unit} | {' | '.join(cells)} | {counts} |")
+    return lines
+
+
+def markdown(table: list[dict], repeats: int) -> str:
+    """The table as Markdown, under a line with the date, the machine and the versions."""
+    peers = PEER_COLUMNS
+    lines = [f"| measure | wsi | {' | '.join(peers)} | counts |", "|---" * (len(peers) + 3) + "|"]
+    lines += table_lines(table)
     head = (
         f"{datetime.date.today().isoformat()}, medians of {repeats} alternating rounds, "
         f"each contender in its own process; peer ÷ wsi (above 1: wsi faster / smaller).\n"
