@@ -483,13 +483,14 @@ def table_lines(table: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(table: list[dict], repeats: int) -> str:
+def markdown(table: list[dict], repeats: int, embed_repeats: int | None = None) -> str:
     """The table as Markdown, under a line with the date, the machine and the versions."""
     peers = PEER_COLUMNS
     lines = [f"| measure | wsi | {' | '.join(peers)} | counts |", "|---" * (len(peers) + 3) + "|"]
     lines += table_lines(table)
     head = (
-        f"{datetime.date.today().isoformat()}, medians of {repeats} alternating rounds, "
+        f"{datetime.date.today().isoformat()}, medians of {repeats} alternating rounds "
+        f"(embed rows: {embed_repeats or repeats}), "
         f"each contender in its own process; peer ÷ wsi (above 1: wsi faster / smaller).\n"
         f"Machine: {machine()}.\nVersions: "
         + ", ".join(f"{k} {v}" for k, v in versions().items())
@@ -529,7 +530,7 @@ def main() -> None:
     if "cmu" in kinds:
         slides["cmu"] = cmu_slide(args.cache)
     table = measure(rows, slides, args.cache, args.repeats, args.embed_repeats)
-    text = markdown(table, args.repeats)
+    text = markdown(table, args.repeats, args.embed_repeats)
     print(text)
     if args.results:
         args.results.write_text(text)
