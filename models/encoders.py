@@ -28,6 +28,7 @@ import os
 import socket
 import threading
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ from models.cpu import keep_large_allocations
 from models.device import Precision, ResolvedPrecision, autocast, resolve_device, resolve_precision
 from models.device import cpu_has_native_bf16 as cpu_has_native_bf16  # re-exported
 from models.errors import EncoderWeightsError, HubUnavailableError, UnknownEncoderError
+from models.foundation import PRESETS, ClsMeanPool, FoundationPreset
+from models.foundation_keys import fit_position_embedding, to_timm_keys
 from models.frozen import freeze_for_cpu
 from models.fusion import fold_batchnorm
 from models.samepad import static_same_padding
@@ -86,6 +89,14 @@ class Encoder:
     precision: ResolvedPrecision = "fp32"
     """Autocast dtype of the forward pass; features are float32 whatever it is."""
     channels_last: bool = False
+    licence: str = ""
+    """Licence of the weights (``CC-BY-NC-ND-4.0``, ``Apache-2.0``…); empty when unknown."""
+    non_commercial: bool = False
+    """True when the weights' licence forbids commercial use (recorded in provenance)."""
+    crop_pct: float = 1.0
+    """Fraction of the resized tile kept by a centre crop: 1 resizes the whole tile to
+    ``input_size``; 0.875 resizes to ``input_size / 0.875`` and crops the centre (Prov-GigaPath's
+    256 → 224)."""
     cpu_graph: bool = False
     """On a CPU at fp32, run a TorchScript-frozen copy of ``module`` (built on the first
     batch, checked against eager; see :mod:`models.frozen`): convolutions fused with their
@@ -118,15 +129,19 @@ class Encoder:
         """uint8 RGB ``(B, H, W, 3)`` -> normalised float32 ``(B, 3, S, S)`` on ``device``."""
         x = _as_uint8_batch(batch).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[-2:] != (self.input_size, self.input_size):
+        resized = round(self.input_size / self.crop_pct)
+        if x.shape[-2:] != (resized, resized):
             mode = _INTERPOLATIONS.get(self.interpolation, "bicubic")
             x = nn.functional.interpolate(
                 x,
-                size=(self.input_size, self.input_size),
+                size=(resized, resized),
                 mode=mode,
                 antialias=mode in ("bilinear", "bicubic"),
                 **({} if mode == "nearest-exact" else {"align_corners": False}),
             ).clamp_(0.0, 1.0)
+        if resized != self.input_size:
+            top = (resized - self.input_size) // 2
+            x = x[..., top : top + self.input_size, top : top + self.input_size]
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         x = (x - mean) / std
@@ -161,8 +176,12 @@ class Encoder:
             "mean": list(self.mean),
             "std": list(self.std),
             "interpolation": self.interpolation,
-            "resize": "whole tile, no crop, antialiased",
+            "resize": "whole tile, no crop, antialiased"
+            if self.crop_pct == 1.0
+            else f"antialiased to {round(self.input_size / self.crop_pct)} px, centre crop",
             "precision": self.precision,
+            "licence": self.licence,
+            "non_commercial": self.non_commercial,
         }
 
     def placed(
@@ -660,5 +679,92 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+# foundation-model presets (models.foundation) -------------------------------------------
+_LICENCE_WARNED: set[str] = set()
+
+
+def _preset_encoder(preset: FoundationPreset, weights: Weights) -> Encoder:
+    """Build ``preset`` on the CPU in fp32 with ``weights`` (None: the hub; a path; or
+    ``"random"``). The weights file is found before the (large) model is built."""
+    path = None if str(weights) == RANDOM_WEIGHTS else (
+        Path(weights) if weights is not None else _hub_file(preset))
+    module = preset.build_module()
+    sha: str | None = None
+    source = RANDOM_WEIGHTS
+    if path is not None:
+        state = to_timm_keys(load_state_dict(path), preset.key_layout)
+        target = module.vit if isinstance(module, ClsMeanPool) else module
+        fit_position_embedding(state, target)
+        load_weights_into(target, state, str(path), ignore_prefixes=("head", "mask_token"))
+        sha = sha256_file(path)
+        source = str(path.resolve()) if weights is not None else f"hf-hub:{preset.hub_repo}"
+    _warn_licence(preset)
+    return Encoder(
+        module=module.eval(),
+        name=preset.name,
+        feature_dim=preset.feature_dim,
+        input_size=preset.input_size,
+        mean=preset.mean,
+        std=preset.std,
+        interpolation=preset.interpolation,
+        weights_sha256=sha,
+        weights_source=source,
+        licence=preset.licence,
+        non_commercial=preset.non_commercial,
+        crop_pct=preset.crop_pct,
+    )
+
+
+def _hub_file(preset: FoundationPreset) -> Path:
+    """The preset's weights file from the hub (cached by huggingface_hub)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    need = f"{preset.name} needs its weights from hf-hub:{preset.hub_repo}"
+    advice = (
+        f"Download them once where there is internet and pass --weights PATH "
+        f"(weights=PATH), or weights='{RANDOM_WEIGHTS}' for a test."
+    )
+    with _hub_access(need, advice):
+        for filename in preset.hub_files:
+            try:
+                return Path(hf_hub_download(preset.hub_repo, filename))
+            except EntryNotFoundError as error:
+                if isinstance(error, LocalEntryNotFoundError):
+                    raise  # offline and not cached: _hub_access says what to do
+                continue
+    raise EncoderWeightsError(
+        f"hf-hub:{preset.hub_repo} has none of {list(preset.hub_files)}; download the weights "
+        "from the model card and pass --weights PATH"
+    )
+
+
+def _warn_licence(preset: FoundationPreset) -> None:
+    """Warn once per process that ``preset``'s weights forbid commercial use."""
+    if not preset.non_commercial or preset.name in _LICENCE_WARNED:
+        return
+    _LICENCE_WARNED.add(preset.name)
+    warnings.warn(
+        f"{preset.name}: its weights are licensed {preset.licence} — not for commercial use "
+        f"({preset.source}); the licence is recorded in each feature file's provenance",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _preset_factory(preset: FoundationPreset) -> Callable[[Weights, Mapping[str, Any]], Encoder]:
+    def build(weights: Weights, model_kwargs: Mapping[str, Any]) -> Encoder:
+        if model_kwargs:
+            raise ValueError(
+                f"{preset.name} is a fixed preset; build variants with "
+                "load_encoder('timm:<arch>', model_kwargs=...) instead"
+            )
+        return _preset_encoder(preset, weights)
+
+    return build
+
+
 register_encoder("efficientnet_lite0", _efficientnet_lite0)
 register_encoder("resnet50_trunc", _resnet50_trunc)
+for _preset in PRESETS.values():
+    register_encoder(_preset.name, _preset_factory(_preset))

@@ -644,6 +644,324 @@ The same run on the command line:
 '''),
 ]
 
+# --------------------------------------------------------------------------- 04 TME
+NB04 = [
+    md('''
+# 04 · Tumour micro-environment: composition, lymphocytes per mm², immune phenotype
+
+What a slide contains, per slide, in one table:
+
+    labelled tiles ──► tile classifier (linear probe on encoder features) ──► role per tile ─┐
+    tile pixels ──► nuclei, lymphocyte-like cells (scikit-image) ──────────────────────────────┼─► profile
+                                                                                               │   per slide
+
+1. train a tile classifier on the 59 labelled colorectal-cancer tiles of the test data
+   (Kather et al., CC BY 4.0; nine classes mapped to tissue roles);
+2. profile a small demo cohort: *mosaic* slides built from those real tiles, with a known
+   layout: a tumour block with lymphocyte tiles inside it (inflamed), only around it
+   (excluded) or nowhere (desert);
+3. look at the maps and the cohort table `tme.csv`.
+
+Every distance is in µm and every area in mm². Set `WSI_NB_DATA` to the folder holding
+`crc_val_he_7k_32/` and `nct_crc_he_27/` if it is not `../shared/data` next to the repository.
+'''),
+    md("## Parameters"),
+    code('''
+import os
+from pathlib import Path
+
+import wsi
+
+WORK = Path(os.environ.get("WSI_NB_WORKDIR", "nb_work"))  # everything this notebook writes
+FAST = os.environ.get("WSI_NB_FAST") == "1"  # one mosaic per phenotype instead of two
+DATA = Path(os.environ.get("WSI_NB_DATA", Path(wsi.__file__).resolve().parents[2] / "shared" / "data"))
+SEEDS = [0] if FAST else [0, 1]  # one mosaic per phenotype and seed
+TILE_MPP = 0.5  # µm/px of the labelled tiles (224 px = 112 µm)
+OUT = WORK / "tme_demo"
+'''),
+    code(QUIET_TQDM),
+    code('''
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Image, display
+from PIL import Image as PILImage
+
+from wsi.synthetic.mosaic import phenotype_layout, write_mosaic
+
+%matplotlib inline
+'''),
+    md('''
+## 1. A tile classifier from labelled tiles
+
+The tiles come as a CSV `path,label`; the class → role map is the `kather2019` preset
+(TUM → tumour, STR → stroma, LYM → immune, ...). The classifier is a logistic regression on
+EfficientNet-Lite0 features of each tile and two colour-jittered copies.
+'''),
+    code('''
+rows = []
+for folder, name_col in (("crc_val_he_7k_32", "filename"), ("nct_crc_he_27", "file")):
+    labels = pd.read_csv(DATA / folder / "labels.csv")
+    rows += [{"path": str((DATA / folder / f).resolve()), "label": lab}
+             for f, lab in zip(labels[name_col], labels["label"], strict=True)]
+WORK.mkdir(parents=True, exist_ok=True)
+pd.DataFrame(rows).to_csv(WORK / "labelled_tiles.csv", index=False)
+print(pd.DataFrame(rows)["label"].value_counts().to_dict())
+
+clf = wsi.tme.train_tile_classifier(WORK / "labelled_tiles.csv", encoder="efficientnet_lite0",
+                                    tile_mpp=TILE_MPP, roles="kather2019")
+clf.save(WORK / "tissue_classifier")
+clf
+'''),
+    md('''
+## 2. A demo cohort of mosaic slides
+
+Each slide is 16 × 16 real tiles (1.8 mm square at 0.5 µm/px): a 10 × 10 tumour block in
+stroma, with lymphocyte (LYM) tiles on a chequerboard inside the block (inflamed), in a
+two-tile ring around it (excluded), or absent (desert). Tiles are drawn at random per seed.
+'''),
+    code('''
+tiles_by_class = {}
+for path in sorted((DATA / "crc_val_he_7k_32").glob("*.png")):
+    tiles_by_class.setdefault(path.name.split("-")[0], []).append(
+        np.asarray(PILImage.open(path).convert("RGB")))
+SLIDES = WORK / "tme_slides"
+SLIDES.mkdir(parents=True, exist_ok=True)
+for seed in SEEDS:
+    for kind in ("inflamed", "excluded", "desert"):
+        write_mosaic(SLIDES / f"{kind}_{seed}.tif", phenotype_layout(kind), tiles_by_class,
+                     seed=seed, mpp=TILE_MPP)
+sorted(p.name for p in SLIDES.iterdir())
+'''),
+    md('''
+## 3. Profile the cohort
+
+`wsi.tme.profile_run` embeds the slides (no feature files yet), classifies every tile from its
+features, reads each tile's pixels once for nuclei, and writes `tme.csv`, a JSON and a tile
+table per slide, maps and a QuPath GeoJSON.
+
+The immune phenotype is called per 1 mm² grid cell (Park et al., J Clin Oncol 2022): inflamed
+when the intratumoral lymphocyte density reaches a threshold, else excluded when the stromal
+density does, else desert. Park's thresholds (130 and 260 per mm²) were set for their own
+lymphocyte detector; this library's lymphocyte-like rule also counts some small dark nuclei of
+tumour and stroma (a few hundred per mm²), so the thresholds here are set between the levels
+it finds in tumour or stroma tiles and in lymphocyte tiles.
+'''),
+    code('''
+params = wsi.tme.ProfileParams(thresholds=wsi.tme.PhenotypeThresholds(
+    inflamed_per_mm2=800, excluded_per_mm2=800, source="calibrated on the demo tiles"))
+table = wsi.tme.profile_run(SLIDES, OUT, classifier=clf, params=params, progress=True)
+columns = ["slide_id", "fraction_tumour", "fraction_immune", "fraction_stroma",
+           "tumour_area_mm2", "tumour_stroma_ratio", "lymphocytes_per_mm2_intratumoral",
+           "lymphocytes_per_mm2_stromal", "morisita_horn", "phenotype_inflamed_fraction",
+           "phenotype_excluded_fraction", "immune_phenotype", "evaluable", "mean_confidence"]
+table[columns].round(3)
+'''),
+    md('''
+Each mosaic's call matches its layout. The composition is the layout's: 100 of 256 tiles are
+tumour in the excluded and desert mosaics (`fraction_tumour` ≈ 0.39), 50 in the inflamed one,
+where the other 50 of the block are lymphocyte tiles counted as intratumoral because the
+tumour encloses them.
+
+## 4. Maps
+
+Per slide: tissue roles, lymphocyte-like nuclei per mm² per tile, and the phenotype grid.
+'''),
+    code('''
+for seed in SEEDS[:1]:
+    for kind in ("inflamed", "excluded", "desert"):
+        sid = f"{kind}_{seed}"
+        for what in ("roles", "lymphocytes", "phenotype"):
+            display(Image(filename=str(OUT / "tme" / f"{sid}.{what}.png"), width=420))
+'''),
+    md('''
+## 5. The cohort table and the literature thresholds
+
+`tme.csv` is one row per slide; its columns work as `wsi train` targets (for instance
+regressing `lymphocytes_per_mm2_intratumoral` from slide features). The tile tables let you
+recompute profiles with other parameters without touching the pixels: here with Park et
+al.'s literature thresholds, which call every mosaic inflamed with this detector.
+'''),
+    code('''
+cohort = pd.read_csv(OUT / "tme.csv")
+ax = cohort.set_index("slide_id")[["lymphocytes_per_mm2_intratumoral",
+                                   "lymphocytes_per_mm2_stromal"]].plot.bar(figsize=(8, 3))
+ax.set_ylabel("lymphocyte-like nuclei per mm²")
+plt.show()
+
+literature = []
+for sid in cohort["slide_id"]:
+    tiles = pd.read_csv(OUT / "tme" / f"{sid}.tiles.csv")
+    row = wsi.tme.slide_profile(tiles, tile_um=112.0, slide_id=sid).row
+    literature.append((sid, row["immune_phenotype"]))
+pd.DataFrame(literature, columns=["slide_id", "phenotype with 130 / 260 per mm²"])
+'''),
+    md('''
+On your own cohort, `--cohort-quantile 0.5` (or `cohort_quantile=0.5`) sets both thresholds at
+that quantile of the cohort's tumour grid cells instead. The QuPath GeoJSON
+(`tme/{slide_id}.geojson`) shows every tile as a detection coloured by role, with its class
+probabilities, counts and density as measurements.
+
+From the command line:
+
+    wsi tme train-classifier --tiles labelled_tiles.csv --out tissue_classifier
+    wsi tme profile slides/ --out tme_out --classifier tissue_classifier --features embed_out
+'''),
+]
+
+
+# --------------------------------------------------------------------------- 06 subgroups
+NB06 = [
+    md('''
+# 06 · Patient subgroups, found without outcomes and frozen for validation
+
+`wsi.subgroups` looks for groups of patients whose tissue looks alike, *without seeing any
+outcome*, and only then tests whether the groups differ in survival or in response to a
+treatment:
+
+1. **discover**: each slide is one row of numbers (here its mean-pooled tile features); the
+   rows are clustered with scikit-learn for every k in a range, and k is the one whose
+   clusters are the most *stable* over subsamples (mean adjusted Rand index), silhouette
+   breaking ties. The clustering function has no labels argument at all.
+2. **freeze**: the fitted model is saved as `model.json` + `model.npz` (no pickle); a
+   validation cohort is put into the same groups, never re-clustered.
+3. **associate**: log-rank and covariate-adjusted Cox hazard ratios per group, a group ×
+   treatment interaction (likelihood-ratio test), chi-square / Kruskal–Wallis for other
+   labels, Benjamini–Hochberg q-values over all of them.
+
+Choosing k or a cut-point by the smallest p-value multiplies false discoveries; here the
+outcome is read only after the groups are fixed.
+'''),
+    md("## Parameters"),
+    code(COHORT_PARAMS + '''
+K_RANGE = range(2, 5) if FAST else range(2, 7)  # candidate k (discovery needs >= 2k slides)
+RESAMPLES = 10 if FAST else 30  # subsamples per k for the stability curve
+RUN = COHORT / "subgroups"  # subgroups.csv, subgroups.json, model.json/.npz, plots
+'''),
+    code(QUIET_TQDM),
+    code('''import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Image, display
+
+import wsi
+from wsi.subgroups import discover_subgroups, slide_embeddings
+
+%matplotlib inline
+'''),
+    md('''
+## 1. The cohort and its features
+
+The slides and features of `02_batch_embedding` are reused when present; otherwise they are
+written and embedded here.
+'''),
+    code(COHORT_WRITE + '''
+rows = wsi.embed_archive(slide_paths, OUT, progress=True)  # skips slides already embedded
+FEATURES = OUT / "features" / "efficientnet_lite0"
+'''),
+    md('''
+## 2. Discovery: k by stability
+
+`slide_embeddings` mean-pools each slide's tile features into one row; discovery
+standardises the columns, projects wide inputs on their first principal components, and
+scores each k by how well clusterings of 80 % subsamples agree with each other.
+'''),
+    code('''
+table = slide_embeddings(FEATURES)
+print(f"{table.shape[0]} slides x {table.shape[1]} mean-pooled features")
+start = time.perf_counter()
+found = discover_subgroups(table, k=K_RANGE, resamples=RESAMPLES)
+print(f"{found!r} in {time.perf_counter() - start:.1f} s")
+found.stability.round(3)
+'''),
+    code('''
+fig, ax = plt.subplots(figsize=(5.5, 3.5))
+curve = found.stability
+ax.errorbar(curve.k, curve.stability, yerr=curve.stability_sd, marker="o", label="mean ARI")
+ax.plot(curve.k, curve.silhouette, marker="s", label="silhouette (tie-break)")
+ax.axvline(found.model.k, color="grey", linestyle="--")
+ax.set_xlabel("k")
+ax.set_title(f"stability chooses k = {found.model.k}")
+ax.legend()
+plt.show()
+'''),
+    md('''
+What the groups are made of, read *after* discovery: the synthetic slides were drawn with a
+tumour architecture, which the encoder's features pick up.
+'''),
+    code('''
+labels = pd.read_csv(LABELS, dtype={"slide_id": str, "patient_id": str})
+pd.crosstab(found.assignments.set_index("slide_id")["group"],
+            labels.set_index("slide_id")["tumour_type"])
+'''),
+    md('''
+## 3. Outcomes and the whole run
+
+The synthetic cohort has no outcome, so we draw one for this walkthrough: survival times
+depend on the tumour type, and a treatment helps only sarcomatoid tumours (hazard ratio
+0.3). `wsi.discover_subgroups_run` (the `wsi subgroups discover` command) runs discovery,
+freezes the model, folds slides into patients and tests every outcome.
+'''),
+    code('''
+rng = np.random.default_rng(SEED)
+hazard = labels.tumour_type.map({"glandular": 0.5, "solid": 1.0, "sarcomatoid": 2.0}) / 12
+treated = rng.integers(0, 2, len(labels))
+hazard = hazard * np.where((labels.tumour_type == "sarcomatoid") & (treated == 1), 0.3, 1.0)
+months = rng.exponential(1 / hazard)
+outcomes = labels.assign(os_months=np.minimum(months, 36.0).round(1),
+                         os_event=(months < 36.0).astype(int), treated=treated,
+                         age=rng.normal(62, 9, len(labels)).round())
+outcomes.to_csv(COHORT / "labels_outcomes.csv", index=False)
+
+run = wsi.discover_subgroups_run(
+    FEATURES, COHORT / "labels_outcomes.csv", RUN, k=K_RANGE, resamples=RESAMPLES,
+    survival=("os_months", "os_event"), treatment="treated", covariates=["age"],
+    targets=["tumour_type", "immune_score"],
+)
+print(run.summary())
+'''),
+    md('''
+`subgroups.json` holds k, the stability curve and every test with its p- and q-value
+(the interaction test's `"test"` is `"interaction"`); on a cohort this small most tests
+are uninformative, which is the honest answer.
+'''),
+    code('''
+pd.DataFrame(run.tests)[["target", "test", "n", "n_dropped", "p_value", "q_value"]]
+'''),
+    code('''
+for name in ("umap.png", "km.png", "forest.png"):
+    if (RUN / name).exists():
+        display(Image(filename=RUN / name, width=640))
+'''),
+    md('''
+## 4. The frozen model on new slides
+
+`wsi.assign_subgroups_run` (the `wsi subgroups assign` command) reads `model.json` and puts
+the slides of a features folder into its groups. Applied to the discovery cohort itself, it
+gives back exactly the discovered groups; features of another encoder are refused.
+'''),
+    code('''
+assigned = wsi.assign_subgroups_run(RUN / "model.json", FEATURES)
+discovered = pd.read_csv(RUN / "subgroups.csv", dtype={"slide_id": str})
+same = discovered.merge(assigned, on="slide_id", suffixes=("", "_frozen"))
+print(f"frozen model reproduces {int((same.group == same.group_frozen).sum())} of "
+      f"{len(same)} discovery groups")
+assigned.head()
+'''),
+    md('''
+## Next
+
+The same run on the command line:
+
+    wsi subgroups discover --features OUT/features/efficientnet_lite0 --labels labels.csv \\
+        --out SUBGROUPS --k 2..8 --survival os_months:os_event --treatment treated --covariates age
+    wsi subgroups assign --model SUBGROUPS/model.json --features NEW/features/efficientnet_lite0 \\
+        --out new_groups.csv
+'''),
+]
+
 
 def build(cells, name: str) -> Path:
     for i, cell in enumerate(cells):
@@ -661,5 +979,7 @@ if __name__ == "__main__":
         (NB01, "01_quickstart.ipynb"),
         (NB02, "02_batch_embedding.ipynb"),
         (NB03, "03_finetune_mil.ipynb"),
+        (NB04, "04_tumour_microenvironment.ipynb"),
+        (NB06, "06_subgroups.ipynb"),
     ):
         print(build(cells, name))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC = [(pkg, name) for pkg in ("wsi", "models") for name in importlib.import_module(pkg).__all__]
+PUBLIC = [(pkg, name) for pkg in ("wsi", "models", "wsi.tme") for name in importlib.import_module(pkg).__all__]
 
 
 def _defining_module(package: str, name: str) -> str:
@@ -75,7 +75,7 @@ def test_every_public_name_is_in_the_api_reference() -> None:
         generated = importlib.import_module("generated_pages")
     finally:
         sys.path.pop(0)
-    for package in ("wsi", "models"):
+    for package in ("wsi", "models", "wsi.tme"):
         page = generated.api_page(package, "t", "i")
         for name in importlib.import_module(package).__all__:
             assert f'heading: "{package}.{name}"' in page

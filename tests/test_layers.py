@@ -24,7 +24,9 @@ LAYERS = [
     "wsi.cohort",
     "wsi.synthetic",
     "wsi.tme",
+    "wsi.subgroups",
     "wsi.pipeline",
+    "wsi.export",
     "wsi.cli",
     "wsi",
 ]

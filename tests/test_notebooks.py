@@ -26,7 +26,8 @@ h5py = pytest.importorskip("h5py")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # three notebooks in kernels
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil")
+NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil", "04_tumour_microenvironment",
+         "06_subgroups")
 CELL_TIMEOUT_S = 900
 ENV_PROBE = "import os\nprint('OMP_NUM_THREADS=' + str(os.environ.get('OMP_NUM_THREADS')))"
 
@@ -170,3 +171,27 @@ def test_finetune_mil(executed: tuple[Path, dict]) -> None:
     assert f"tumour_type: AUC {tumour['auc_macro']:.3f}" in text
     # confusion matrix + scatter figure, two heatmaps, one mosaic
     assert _images(notebooks["03_finetune_mil"]) >= 4
+
+
+def test_tumour_microenvironment(executed: tuple[Path, dict]) -> None:
+    work, notebooks = executed
+    if not (work / "tme_demo" / "tme.csv").exists():
+        pytest.skip("04 needs ../shared/data (the labelled CRC tiles)")
+    with open(work / "tme_demo" / "tme.csv", newline="") as f:
+        rows = {r["slide_id"]: r for r in csv.DictReader(f)}
+    assert {sid: r["immune_phenotype"] for sid, r in rows.items()} == {
+        "desert_0": "desert", "excluded_0": "excluded", "inflamed_0": "inflamed"}
+    assert all(r["evaluable"] == "True" for r in rows.values())
+    # roles, density and phenotype maps of three slides
+    assert _images(notebooks["04_tumour_microenvironment"]) >= 9
+def test_subgroups(executed: tuple[Path, dict]) -> None:
+    work, notebooks = executed
+    run = work / "cohort_9_small" / "subgroups"
+    report = json.loads((run / "subgroups.json").read_text())
+    assert 2 <= report["k"] <= 4 and report["stability"]["k"] == [2, 3, 4]
+    assert {t["test"] for t in report["tests"]} >= {"logrank", "interaction"}
+    with open(run / "subgroups.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 9
+    text = _stdout(notebooks["06_subgroups"])
+    assert "frozen model reproduces 9 of 9 discovery groups" in text
+    assert _images(notebooks["06_subgroups"]) >= 3  # stability curve, UMAP, KM

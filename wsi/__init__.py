@@ -56,6 +56,8 @@ _LAZY = {
     "train_run": "wsi.pipeline.train",
     "predict_run": "wsi.pipeline.predict",
     "heatmap_run": "wsi.pipeline.heatmap",
+    "discover_subgroups_run": "wsi.pipeline.subgroups",
+    "assign_subgroups_run": "wsi.pipeline.subgroups",
 }
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
     from wsi.pipeline.ray_runner import RayOptions
     from wsi.pipeline.settings import EmbedSettings
     from wsi.pipeline.slide_step import embed_slide
+    from wsi.pipeline.subgroups import assign_subgroups_run, discover_subgroups_run
     from wsi.pipeline.train import train_run
     from wsi.tiling import TileGrid, tile
     from wsi.tissue import TissueMask, detect_tissue
@@ -80,10 +83,10 @@ def __getattr__(name: str) -> Any:
         from models.version import library_version
 
         return library_version()
-    if name == "tme":  # the subpackage, importable as wsi.tme without its own import line
+    if name in ("tme", "export", "subgroups"):  # subpackages: wsi.tme works without an import line
         import importlib
 
-        return importlib.import_module("wsi.tme")
+        return importlib.import_module(f"wsi.{name}")
     if name in _LAZY:
         import importlib
 
@@ -119,8 +122,10 @@ __all__ = [
     "TissueMask",
     "TissueOptions",
     "WsiError",
+    "assign_subgroups_run",
     "attention_overlay",
     "detect_tissue",
+    "discover_subgroups_run",
     "embed",
     "embed_archive",
     "embed_slide",

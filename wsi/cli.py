@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus-per-task", type=float, default=None,
                    help="GPUs per slide task (default 1 when the cluster has GPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--stain-normalize", choices=["macenko"], default=None,
+                   help="normalise H&E stains per slide before encoding (off by default)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("train", help="cross-validate + fit a MIL head: metrics.json, model.pt")
@@ -156,13 +158,121 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide-mpp", type=float, default=None, help="level-0 µm/px override")
     p.set_defaults(func=cmd_heatmap)
 
+    _add_export_parsers(sub)
+
     p = sub.add_parser("demo", help="the whole pipeline on a built-in synthetic cohort, offline")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     p.add_argument("--slides", type=int, default=24, help="synthetic slides (default 24)")
     p.add_argument("--seed", type=int, default=0, help="cohort and training seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    _add_tme_parsers(sub)
+    _add_subgroups_parser(sub)
+    p = sub.add_parser("encoders", help="every encoder name: feature width, input size, licence")
+    p.set_defaults(func=cmd_encoders)
     return parser
+
+
+def _add_tme_parsers(sub: argparse._SubParsersAction) -> None:
+    """``wsi tme VERB``: one block per verb (tile classifier, profiles)."""
+    tme = sub.add_parser("tme", help="tumour micro-environment: tile classifier, profiles")
+    verbs = tme.add_subparsers(dest="tme_command", required=True, metavar="VERB")
+
+    p = verbs.add_parser("train-classifier", help="tile tissue classifier from labelled tiles")
+    p.add_argument("--tiles", required=True, type=Path,
+                   help="folder with one subfolder per class, or a CSV path,label")
+    p.add_argument("--out", required=True, type=Path, help="classifier folder to write")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER,
+                   help="encoder of the slides' feature files (default %(default)s)")
+    p.add_argument("--weights", default=None, help="local encoder weights file")
+    p.add_argument("--tile-mpp", type=float, default=0.5, help="µm/px of the tiles (default 0.5)")
+    p.add_argument("--roles", default="kather2019",
+                   help="class → role map: kather2019 (default), kather2016 or a CSV class,role "
+                        "/ JSON file")
+    p.add_argument("--jitter", type=float, default=0.05,
+                   help="HED stain scale jitter, ± fraction (default %(default)s; 0: none)")
+    p.add_argument("--copies", type=int, default=2,
+                   help="jittered copies per tile (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tme_train_classifier)
+
+    p = verbs.add_parser("classify-tiles", help="classify tile images: CSV path,class,prob_<class>")
+    p.add_argument("--classifier", required=True, type=Path, help="folder of train-classifier")
+    p.add_argument("--tiles", required=True, type=Path, help="folder of tile images or a CSV path[,label]")
+    p.add_argument("--out", required=True, type=Path, help="CSV to write")
+    p.add_argument("--tile-mpp", type=float, default=None,
+                   help="µm/px of the tiles (default: the classifier's; another scale is refused)")
+    p.add_argument("--weights", default=None, help="local encoder weights file")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tme_classify_tiles)
+
+    p = verbs.add_parser("profile", help="TME profile per slide: DIR/tme.csv, maps, GeoJSON")
+    p.add_argument("slides", nargs="+", metavar="SLIDES", help="files, folders or globs")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--classifier", required=True, type=Path, help="folder of train-classifier")
+    p.add_argument("--features", type=Path, action="append", default=None,
+                   help="folder of `wsi embed` feature files (repeatable; default: --out; "
+                        "slides without one are embedded into --out)")
+    p.add_argument("--cohort-quantile", type=float, default=None, metavar="Q",
+                   help="phenotype thresholds at this quantile of the cohort's tumour grid cells "
+                        "(default: Park et al. 2022's 130 / 260 lymphocytes per mm²)")
+    p.add_argument("--stroma-um", type=float, default=500.0,
+                   help="stroma within this distance of the tumour region counts as stromal "
+                        "(µm, default %(default)s)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="nuclei-detection processes (default 0: in this process)")
+    p.add_argument("--weights", default=None, help="local encoder weights file (for embedding)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="one Ray task per slide; ADDRESS of the cluster, none for a local Ray")
+    p.add_argument("--no-maps", action="store_true", help="no PNG maps or GeoJSON")
+    p.add_argument("--redo", action="store_true", help="recompute slides already profiled")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tme_profile)
+
+
+def _add_subgroups_parser(sub: argparse._SubParsersAction) -> None:
+    """``wsi subgroups discover|assign``."""
+    group = sub.add_parser("subgroups", help="patient subgroups: discover (no outcome seen), "
+                                             "test against outcomes, assign new slides")
+    verbs = group.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = verbs.add_parser("discover", help="groups chosen by stability; tests, plots, frozen model")
+    p.add_argument("--features", required=True, type=Path,
+                   help="OUT/features/<encoder> folder, or tme.csv with --input tme")
+    p.add_argument("--labels", required=True, type=Path, help="CSV with slide_id[, patient_id]")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--input", default="embeddings", choices=["embeddings", "tme", "tile-clusters"],
+                   help="what to cluster: mean-pooled features (default), a TME table, or "
+                        "tile-cluster compositions")
+    p.add_argument("--k", default="2..8", help="candidate k: 2..8 (default), or 2,3,4")
+    p.add_argument("--method", default="kmeans", choices=["kmeans", "gmm", "agglomerative"])
+    p.add_argument("--survival", default=None, metavar="TIME:EVENT",
+                   help="survival columns: log-rank and Cox hazard ratios per group")
+    p.add_argument("--treatment", default=None, metavar="COL",
+                   help="treatment column: group x treatment interaction (needs --survival)")
+    p.add_argument("--covariates", nargs="+", default=[], metavar="COL",
+                   help="columns that adjust the Cox models")
+    p.add_argument("--targets", nargs="+", default=None, metavar="COL",
+                   help="label columns to test (default: every other column)")
+    p.add_argument("--tme", type=Path, default=None, help="tme.csv for per-group TME means")
+    p.add_argument("--tile-clusters", type=int, default=8, help="tile clusters (default 8)")
+    p.add_argument("--resamples", type=int, default=20,
+                   help="subsamples per k for the stability curve (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-umap", action="store_true", help="skip the UMAP picture")
+    p.add_argument("--slides", nargs="+", default=[], metavar="SLIDES",
+                   help="slide files/folders: a mosaic of representative tiles per group")
+    p.set_defaults(func=cmd_subgroups_discover)
+    p = verbs.add_parser("assign", help="put new slides into a frozen model's groups")
+    p.add_argument("--model", required=True, type=Path, help="DIR/model.json of discover")
+    p.add_argument("--features", required=True, type=Path,
+                   help="features folder (or tme.csv) of the new slides")
+    p.add_argument("--out", required=True, type=Path, help="CSV: slide_id, group, distance")
+    p.set_defaults(func=cmd_subgroups_assign)
 
 
 def _finish(rows: list[dict], out: Path) -> int:
@@ -173,6 +283,94 @@ def _finish(rows: list[dict], out: Path) -> int:
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     print(f"{len(rows)} slides ({summary}), {tiles} tiles -> {out}/manifest.csv")
     return EXIT_SOME_FAILED if counts.get("failed") else EXIT_OK
+
+
+def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
+    """``wsi export anndata|qupath|tiles``: our outputs for scanpy, QuPath and other tools."""
+    group = sub.add_parser("export", help="to scanpy/squidpy (.h5ad), QuPath (GeoJSON), tile images")
+    verbs = group.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
+
+    p = verbs.add_parser("anndata", help="features (+ TME, labels, attention) as an AnnData .h5ad")
+    p.add_argument("--features", required=True, nargs="+", type=Path,
+                   help="OUT/features/<encoder> folder(s) of one encoder")
+    p.add_argument("--out", required=True, type=Path, help="the .h5ad file")
+    p.add_argument("--level", default="tile", choices=["tile", "slide"],
+                   help="one row per tile (default) or per slide (mean-pooled features)")
+    p.add_argument("--tme", type=Path, default=None, help="a `wsi tme profile` output folder")
+    p.add_argument("--labels", type=Path, default=None, help="labels CSV (slide_id, ...)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="RUN/model.pt: attention per tile, predictions per slide")
+    p.add_argument("--slides", nargs="+", default=None, metavar="SLIDES",
+                   help="slide files, folders or globs for the thumbnails (default: the paths "
+                        "in the feature files' provenance)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export_anndata)
+
+    p = verbs.add_parser("qupath", help="per slide a GeoJSON of tiles (and nuclei) for QuPath")
+    p.add_argument("--features", required=True, nargs="+", type=Path,
+                   help="OUT/features/<encoder> folder(s) of one encoder")
+    p.add_argument("--out", required=True, type=Path, help="folder for {slide_id}.geojson")
+    p.add_argument("--tme", type=Path, default=None, help="a `wsi tme profile` output folder")
+    p.add_argument("--checkpoint", type=Path, default=None, help="RUN/model.pt: attention")
+    p.add_argument("--tile-labels", type=Path, default=None,
+                   help="per-tile CSV (slide_id, tile_id, ...), e.g. clusters from scanpy")
+    p.add_argument("--class-column", default=None, metavar="COL",
+                   help="the --tile-labels column that classifies the tiles (default: role)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export_qupath)
+
+    p = verbs.add_parser("tiles", help="tile images (PNG/JPEG) and an index CSV")
+    p.add_argument("slides", nargs="+", metavar="SLIDES", help="files, folders or globs")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--format", default="png", choices=["png", "jpg"], dest="fmt")
+    p.add_argument("--max", type=int, default=None, dest="max_tiles",
+                   help="at most N tiles per slide (a seeded random choice)")
+    p.add_argument("--role", default=None, help="only tiles of this TME role (needs --tme)")
+    p.add_argument("--tme", type=Path, default=None, help="a `wsi tme profile` output folder")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default %(default)s)")
+    p.add_argument("--coords", type=Path, default=None,
+                   help="OUT/patches or OUT/features/<encoder>: reuse their tiles (default: "
+                        "tile now with the tiling flags)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --max choice")
+    _add_tiling_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export_tiles)
+
+
+def cmd_export_anndata(args: argparse.Namespace) -> int:
+    """``wsi export anndata``: one .h5ad of a features folder."""
+    from wsi.export import export_anndata
+
+    path = export_anndata(args.features, args.out, tme=args.tme, labels=args.labels,
+                          checkpoint=args.checkpoint, level=args.level, slides=args.slides,
+                          progress=not args.quiet)
+    print(f"-> {path}")
+    return EXIT_OK
+
+
+def cmd_export_qupath(args: argparse.Namespace) -> int:
+    """``wsi export qupath``: {slide_id}.geojson per feature file."""
+    from wsi.export import export_qupath
+
+    paths = export_qupath(args.features, args.out, tme=args.tme, checkpoint=args.checkpoint,
+                          tile_labels=args.tile_labels, class_column=args.class_column,
+                          progress=not args.quiet)
+    print(f"{len(paths)} GeoJSON files -> {args.out}")
+    return EXIT_OK
+
+
+def cmd_export_tiles(args: argparse.Namespace) -> int:
+    """``wsi export tiles``: tile images and OUT/index.csv; exit 1 when a slide failed."""
+    from wsi.export import export_tiles
+
+    result = export_tiles(args.slides, args.out, fmt=args.fmt, max_tiles=args.max_tiles,
+                          role=args.role, quality=args.quality, coords=args.coords, tme=args.tme,
+                          tiling=_tiling_options(args), seed=args.seed, progress=not args.quiet)
+    for slide_id, error in result.failed.items():
+        print(f"{slide_id}: failed: {error}")
+    print(f"{len(result.index)} tiles from {result.index['slide_id'].nunique()} slides "
+          f"-> {result.index_path}")
+    return EXIT_SOME_FAILED if result.failed else EXIT_OK
 
 
 def cmd_tile(args: argparse.Namespace) -> int:
@@ -204,7 +402,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers,
         device=None if args.device == "auto" else args.device, precision=args.precision,
         progress=not args.quiet, debug=args.debug, skip_done=not args.redo,
-        backend="local" if args.ray is None else "ray", ray=ray,
+        backend="local" if args.ray is None else "ray", ray=ray, stain=args.stain_normalize,
     )
     return _finish(rows, args.out)
 
@@ -263,6 +461,110 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     result = run_demo(args.out, n_slides=args.slides, seed=args.seed, progress=not args.quiet)
     print(result.summary())
+    return EXIT_OK
+
+
+def cmd_tme_profile(args: argparse.Namespace) -> int:
+    """``wsi tme profile``: one TME profile per slide into DIR/tme.csv (exit 1 when a slide
+    failed: see DIR/tme/manifest.csv)."""
+    from wsi.pipeline.tme import profile_run, profile_settings
+
+    settings = profile_settings(
+        stroma_um=args.stroma_um, cohort_quantile=args.cohort_quantile, workers=args.workers,
+        weights=args.weights, device=None if args.device == "auto" else args.device,
+        maps=not args.no_maps, skip_done=not args.redo, progress=not args.quiet,
+        debug=args.debug, backend="local" if args.ray is None else "ray",
+        ray_address=None if args.ray in (None, "local") else args.ray)
+    table = profile_run(args.slides, args.out, classifier=args.classifier,
+                        features=args.features, settings=settings)
+    manifest = _manifest_rows(args.out / "tme" / "manifest.csv")
+    failed = [r for r in manifest if r["status"] == "failed"]
+    print(f"{len(table)} slides profiled, {len(failed)} failed -> {args.out}/tme.csv")
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _manifest_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a manifest CSV."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def cmd_tme_train_classifier(args: argparse.Namespace) -> int:
+    """``wsi tme train-classifier``: fit and save a tile tissue classifier."""
+    from wsi.tme.classifier import train_tile_classifier
+
+    classifier = train_tile_classifier(
+        args.tiles, encoder=args.encoder, tile_mpp=args.tile_mpp, roles=args.roles,
+        weights=args.weights, jitter=args.jitter, copies=args.copies, seed=args.seed,
+        device=None if args.device == "auto" else args.device, progress=not args.quiet,
+    )
+    classifier.save(args.out)
+    print(classifier)
+    for name, count in classifier.metadata["tiles_per_class"].items():
+        print(f"  {name}: {count} tiles -> {classifier.roles[name]}")
+    print(f"-> {args.out}")
+    return EXIT_OK
+
+
+def cmd_tme_classify_tiles(args: argparse.Namespace) -> int:
+    """``wsi tme classify-tiles``: predicted class and probabilities per tile image."""
+    from wsi.tme.classifier import TileClassifier, classify_tiles, tile_accuracy, write_table
+
+    table = classify_tiles(
+        TileClassifier.load(args.classifier), args.tiles, tile_mpp=args.tile_mpp,
+        weights=args.weights, device=None if args.device == "auto" else args.device,
+        progress=not args.quiet,
+    )
+    write_table(table, args.out)
+    score = tile_accuracy(table)
+    if score:
+        print(f"against the labels: accuracy {score['accuracy']:.3f}, "
+              f"balanced accuracy {score['balanced_accuracy']:.3f} ({score['n']} tiles)")
+    print(f"{len(table)} tiles classified -> {args.out}")
+    return EXIT_OK
+
+
+def cmd_subgroups_discover(args: argparse.Namespace) -> int:
+    """``wsi subgroups discover``: the subgroups output folder."""
+    from wsi.errors import InvalidParameterError
+    from wsi.pipeline.subgroups import discover_subgroups_run
+    from wsi.subgroups.discovery import parse_k
+
+    survival = None
+    if args.survival is not None:
+        if args.survival.count(":") != 1:
+            raise InvalidParameterError(f"--survival {args.survival!r}: write TIME_COL:EVENT_COL")
+        survival = tuple(args.survival.split(":"))
+    run = discover_subgroups_run(
+        args.features, args.labels, args.out, input_kind=args.input, k=parse_k(args.k),
+        method=args.method, survival=survival, treatment=args.treatment,
+        covariates=args.covariates, targets=args.targets, tme=args.tme,
+        tile_clusters=args.tile_clusters, resamples=args.resamples, seed=args.seed,
+        umap=not args.no_umap, slides=args.slides,
+    )
+    print(run.summary())
+    print(f"-> {args.out}/subgroups.csv, subgroups.json, model.json")
+    return EXIT_OK
+
+
+def cmd_subgroups_assign(args: argparse.Namespace) -> int:
+    """``wsi subgroups assign``: frozen groups for new slides."""
+    from wsi.pipeline.subgroups import assign_subgroups_run
+
+    frame = assign_subgroups_run(args.model, args.features, args.out)
+    sizes = ", ".join(f"group {g}: {n}" for g, n in frame["group"].value_counts().sort_index().items())
+    print(f"{len(frame)} slides assigned ({sizes}) -> {args.out}")
+    return EXIT_OK
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    """``wsi encoders``: the encoder names with width, input size and licence."""
+    from models.encoders import known_encoders
+    from models.foundation import cards_table, encoder_cards
+
+    print(cards_table(encoder_cards(known_encoders())))
     return EXIT_OK
 
 

@@ -78,9 +78,19 @@ class LabelsError(WsiError, ValueError):
     """A labels table that cannot be used: no ``slide_id`` column, duplicates, bad values."""
 
 
+class TileClassifierError(WsiError, ValueError):
+    """Labelled tiles or a tile classifier that cannot be used: an empty class folder, a class
+    without a role, an unknown role, a classifier file that is damaged."""
+
+
+class ClassifierMismatchError(TileClassifierError):
+    """Features of another encoder, weights or scale than the tile classifier was trained on."""
+
+
 __all__ = [
     "BackendUnavailableError",
     "CheckpointError",
+    "ClassifierMismatchError",
     "EncoderWeightsError",
     "FeatureFileError",
     "HubUnavailableError",
@@ -96,6 +106,7 @@ __all__ = [
     "SlideOpenError",
     "SlideReadError",
     "SlideTooSmallError",
+    "TileClassifierError",
     "TrainingDataError",
     "UnknownEncoderError",
     "WsiError",

@@ -101,8 +101,24 @@ def cli_page() -> str:
             f"## wsi {name}", "", _cell(helps.get(name, "")), "",
             "```text", sub.format_usage().strip(), "```", "",
             *_options_table(sub),
+            *_verb_sections(sub, f"wsi {name}"),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _verb_sections(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
+    """A section per verb of a command group (``wsi tme train-classifier``...)."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    lines: list[str] = []
+    for group in groups:
+        helps = {c.dest: c.help for c in group._choices_actions}
+        for verb, sub in group.choices.items():
+            lines += [
+                f"### {prefix} {verb}", "", _cell(helps.get(verb, "")), "",
+                "```text", sub.format_usage().strip(), "```", "",
+                *_options_table(sub),
+            ]
+    return lines
 
 
 def _target(package: str, name: str) -> str:
@@ -150,6 +166,10 @@ WSI_INTRO = (
     "tiles, run whole archives, load cohorts of bags and run the training, prediction and\n"
     "heatmap steps the `wsi` command runs. Every error a bad input can cause is a `WsiError`."
 )
+TME_INTRO = (
+    "Tumour micro-environment: the tile tissue classifier and its roles, nuclei and\n"
+    "lymphocyte-like cells from a tile's pixels."
+)
 MODELS_INTRO = (
     "Pure PyTorch: tile encoders and attention-MIL heads, and the training loop over bags of\n"
     "features. It knows nothing of slide files or HDF5."
@@ -162,6 +182,7 @@ def on_files(files, config):
         "reference/cli.md": cli_page(),
         "reference/api-wsi.md": api_page("wsi", "Python API: wsi", WSI_INTRO),
         "reference/api-models.md": api_page("models", "Python API: models", MODELS_INTRO),
+        "reference/api-tme.md": api_page("wsi.tme", "Python API: wsi.tme", TME_INTRO),
     }
     for path, text in pages.items():
         files.append(File.generated(config, path, content=text))

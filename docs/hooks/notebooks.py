@@ -1,6 +1,6 @@
 """MkDocs hook: notebooks/*.ipynb executed at build time, so the site shows this code's output.
 
-The three notebooks run in order in one temporary work folder (03 reuses the cohort and
+The notebooks run in order in one temporary work folder (03 and 06 reuse the cohort and
 features 02 wrote), in fast mode (``WSI_NB_FAST=1``), with a kernel on this interpreter, the
 way tests/test_notebooks.py runs them. The executed copies become the site's
 ``notebooks/*.ipynb`` pages, which mkdocs-jupyter renders (``execute: false`` there).
@@ -26,7 +26,8 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil")
+NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil", "04_tumour_microenvironment",
+         "06_subgroups")
 CELL_TIMEOUT_S = 900
 
 _cache: dict[str, dict[str, str]] = {}  # code hash -> executed notebook JSON per name

@@ -4,8 +4,10 @@ Resolution order (the first that gives a value wins), recorded as ``mpp_source``
 
 1. ``"argument"``: the caller's ``mpp=`` / ``--slide-mpp``;
 2. ``"openslide"``: openslide's ``openslide.mpp-x`` / ``openslide.mpp-y``;
-3. ``"tiff-resolution"``: TIFF ``XResolution``/``YResolution`` with a centimetre or inch unit;
-4. ``"objective-power"``: 10 / objective power (a rough rule: 20x ≈ 0.5 µm/px), with a warning.
+3. ``"dicom-pixel-spacing"``: a DICOM WSI's pixel spacing (``dicom.mpp-x`` / ``dicom.mpp-y``,
+   filled by :class:`wsi.io.dicom.DicomReader`; openslide reports it as ``"openslide"``);
+4. ``"tiff-resolution"``: TIFF ``XResolution``/``YResolution`` with a centimetre or inch unit;
+5. ``"objective-power"``: 10 / objective power (a rough rule: 20x ≈ 0.5 µm/px), with a warning.
 
 Values that are not numbers, NaN, infinite, below :data:`MIN_MPP` or above :data:`MAX_MPP`
 are errors wherever they come from, and so is an Aperio ``MPP`` field openslide could not
@@ -85,19 +87,11 @@ def resolve_mpp(
     if "aperio.MPP" in properties:  # present but not parsed by openslide: garbage
         v = check_mpp(properties["aperio.MPP"], what="Aperio MPP", name=name, fix=fix)
         return Mpp(v, v, "openslide")
-    unit = str(properties.get("tiff.ResolutionUnit", "")).lower()
-    if unit in _MICRONS_PER_UNIT and "tiff.XResolution" in properties:
-        per_unit = _MICRONS_PER_UNIT[unit]
-        try:
-            xres = float(properties["tiff.XResolution"])
-            yres = float(properties.get("tiff.YResolution", xres))
-        except ValueError:
-            xres = yres = 0.0
-        if xres > 0 and yres > 0:
-            what = f"TIFF resolution ({xres:g} px per {unit})"
-            x = check_mpp(per_unit / xres, what=what, name=name, fix=fix)
-            y = check_mpp(per_unit / yres, what=what, name=name, fix=fix)
-            return Mpp(x, y, "tiff-resolution")
+    if "dicom.mpp-x" in properties and "dicom.mpp-y" in properties:
+        return _dicom_mpp(name, properties, fix)
+    tiff = _tiff_mpp(name, properties, fix)
+    if tiff is not None:
+        return tiff
     power = properties.get("openslide.objective-power")
     if power not in (None, ""):
         try:
@@ -113,6 +107,33 @@ def resolve_mpp(
             )
             return Mpp(v, v, "objective-power")
     raise MissingMppError(
-        f"{name}: no mpp in metadata (no µm/px, TIFF resolution or objective power); {fix}",
+        f"{name}: no mpp in metadata (no µm/px, DICOM pixel spacing, TIFF resolution or "
+        f"objective power); {fix}",
         name,
     )
+
+
+def _dicom_mpp(name: str, properties: Mapping[str, str], fix: str) -> Mpp:
+    """The mpp a DICOM WSI's pixel spacing gives (``dicom.mpp-x`` / ``dicom.mpp-y``, µm/px)."""
+    x = check_mpp(properties["dicom.mpp-x"], what="DICOM pixel spacing x", name=name, fix=fix)
+    y = check_mpp(properties["dicom.mpp-y"], what="DICOM pixel spacing y", name=name, fix=fix)
+    return Mpp(x, y, "dicom-pixel-spacing")
+
+
+def _tiff_mpp(name: str, properties: Mapping[str, str], fix: str) -> Mpp | None:
+    """The mpp TIFF ``XResolution``/``YResolution`` give with a centimetre or inch unit."""
+    unit = str(properties.get("tiff.ResolutionUnit", "")).lower()
+    if unit not in _MICRONS_PER_UNIT or "tiff.XResolution" not in properties:
+        return None
+    per_unit = _MICRONS_PER_UNIT[unit]
+    try:
+        xres = float(properties["tiff.XResolution"])
+        yres = float(properties.get("tiff.YResolution", xres))
+    except ValueError:
+        return None
+    if xres <= 0 or yres <= 0:
+        return None
+    what = f"TIFF resolution ({xres:g} px per {unit})"
+    x = check_mpp(per_unit / xres, what=what, name=name, fix=fix)
+    y = check_mpp(per_unit / yres, what=what, name=name, fix=fix)
+    return Mpp(x, y, "tiff-resolution")

@@ -26,6 +26,7 @@ from wsi.errors import (
     SlideOpenError,
     SlideReadError,
 )
+from wsi.io.dicom import DicomReader, is_dicom_file, is_dicom_series_folder
 from wsi.io.fastread import FastTiffReader, native_origin
 from wsi.io.mpp import Mpp, resolve_mpp
 from wsi.io.readers import FlatImageReader, OpenSlideReader, Reader
@@ -85,7 +86,8 @@ class Slide:
 
     Args:
         path: the slide file (SVS, NDPI, MRXS, SCN, BIF, tiled TIFF, DICOM, or a flat
-            TIFF/JPEG/PNG through the fallback reader).
+            TIFF/JPEG/PNG through the fallback reader), or a folder of the DICOM instances
+            of one slide (read with wsidicom, as are DICOM files openslide refuses).
         mpp: level-0 µm per pixel, overriding missing or wrong metadata.
         fast_reads: read patches of tiled JPEG TIFF/SVS slides by decoding their JPEG tiles
             directly, with DCT scaling for coarser targets (``wsi.io.fastread``; faster
@@ -130,7 +132,7 @@ class Slide:
     # geometry ---------------------------------------------------------------------------
     @property
     def backend(self) -> str:
-        """``"openslide"`` or ``"flat-image"`` (the fallback reader)."""
+        """``"openslide"``, ``"wsidicom"`` (DICOM openslide refuses) or ``"flat-image"``."""
         return self._reader.backend
 
     @property
@@ -196,7 +198,8 @@ class Slide:
 
     @property
     def mpp_source(self) -> str | None:
-        """Where mpp came from: argument, openslide, tiff-resolution, objective-power; or None."""
+        """Where mpp came from: argument, openslide, dicom-pixel-spacing, tiff-resolution,
+        objective-power; or None."""
         return None if self._mpp is None else self._mpp.source
 
     def level_mpp(self, level: int) -> float:
@@ -388,6 +391,11 @@ def quickhash(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     Remembered per process for an unchanged file (same size, mtime and inode): a batch run
     asks once while planning and again under the slide's lock, and reads the file once."""
     p = Path(path)
+    if p.is_dir():  # a DICOM series folder: the hash of its instances' hashes
+        h = hashlib.sha256(b"dicom-folder")
+        for file in sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith(".")):
+            h.update(f"{file.name}:{quickhash(file, chunk)}".encode())
+        return h.hexdigest()
     st = p.stat()
     return _quickhash(os.path.abspath(p), st.st_size, st.st_mtime_ns, st.st_ino, chunk)
 
@@ -543,14 +551,18 @@ def _check_levels(name: str, dimensions: tuple[tuple[int, int], ...], path: Path
 
 def _open_reader(path: Path) -> Reader:
     shown = display_path(path)
+    if path.is_dir() and is_dicom_series_folder(path):
+        return DicomReader(path)
     size = _checked_file_size(path, shown)
     if _read_head(path, shown) in _TIFF_MAGIC:
         _check_tiff_layout(path, shown, size)
     try:
         return OpenSlideReader(path)
     except openslide.OpenSlideUnsupportedFormatError:
-        return FlatImageReader(path)
+        return DicomReader(path) if is_dicom_file(path) else FlatImageReader(path)
     except (openslide.OpenSlideError, ValueError, LookupError, MemoryError) as exc:
+        if is_dicom_file(path):  # e.g. "Couldn't get image flavor": a non-standard export
+            return DicomReader(path)
         raise SlideOpenError(
             f"{shown}: openslide cannot read it ({type(exc).__name__}: {exc}); the file may be "
             "truncated or corrupt — re-copy it or re-export it from the scanner software",
@@ -576,7 +588,8 @@ def _checked_file_size(path: Path, shown: str) -> int:
     if path.is_dir():
         raise SlideNotFoundError(
             f"{shown}: is a directory, not a slide file (pass the files inside it, or for MRXS "
-            "the .mrxs file next to its data folder)",
+            "the .mrxs file next to its data folder; a folder is one slide only when it holds "
+            "the DICOM instances of one series)",
             path,
         )
     if display_path(path.name) != path.name:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from wsi.io.dicom import group_dicom_series, is_dicom_series_folder
 from wsi.io.slide import display_path, slide_id_of
 from wsi.store.folder import remove_stale_temporaries
 from wsi.store.manifest import Manifest, manifest_row
@@ -32,16 +33,19 @@ def find_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
     A path that matches nothing is kept as it is, so that it is reported as ``failed``
     (no such file) rather than silently skipped. Order: as given, each folder sorted.
+    A folder holding the DICOM instances of one series is one slide (the folder).
     """
     found: list[Path] = []
     for item in inputs:
         text = os.fspath(item)
         p = Path(text)
-        if p.is_dir() and p.suffix.lower() not in SLIDE_EXTENSIONS:
-            found.extend(
+        if p.is_dir() and is_dicom_series_folder(p):
+            found.append(p)
+        elif p.is_dir() and p.suffix.lower() not in SLIDE_EXTENSIONS:
+            found.extend(group_dicom_series(
                 sorted(q for q in p.rglob("*") if q.suffix.lower() in SLIDE_EXTENSIONS
                        and not q.name.startswith("."))
-            )
+            ))
         elif not p.exists() and glob.has_magic(text):
             found.extend(Path(m) for m in sorted(glob.glob(text, recursive=True)))
         else:

@@ -93,6 +93,7 @@ def embed_archive(
     max_failed_fraction: float = EmbedSettings.max_failed_fraction,
     backend: str = "local",
     ray: RayOptions | None = None,
+    stain: str | None = None,
 ) -> list[dict[str, Any]]:
     """Tile and embed every slide into ``out_dir``; return one manifest row per slide.
 
@@ -112,7 +113,7 @@ def embed_archive(
     settings = EmbedSettings(
         tiling=tiling or TileOptions(), encoder=encoder, weights=weights, batch_size=batch_size,
         device=device, precision=precision, workers=workers, skip_done=skip_done,
-        max_failed_fraction=max_failed_fraction, progress=progress, debug=debug,
+        max_failed_fraction=max_failed_fraction, progress=progress, debug=debug, stain=stain,
     )
     return run_embedding(slides, out_dir, settings, backend=backend, ray=ray)
 
@@ -148,6 +149,10 @@ def run_embedding(
     settings.check()
     if backend not in ("local", "ray"):
         raise InvalidParameterError(f"backend must be 'local' or 'ray', got {backend!r}")
+    if backend == "ray" and settings.stain:
+        raise InvalidParameterError(
+            "stain normalisation runs with the local backend only; drop --stain-normalize "
+            "or run without --ray")
     if backend == "ray":
         import_ray()
     settings.check_encoder()

@@ -59,6 +59,8 @@ class _SlideJob:
     qc_done: threading.Event = field(default_factory=threading.Event)
     """Set once ``qc/`` is written (by the tiling thread, while the slide is encoded)."""
     qc_error: str | None = None
+    stain: Any = None
+    """The slide's Macenko fit (``models.stain.StainFit``) when stain normalisation is on."""
 
     @property
     def n_tiles(self) -> int:
@@ -197,6 +199,8 @@ class LocalRunner:
         prov = dict(job.provenance)
         prov["encoder"] = enc.provenance()
         prov["features_dtype"] = "float32"
+        if job.stain is not None:
+            prov["stain"] = job.stain.as_dict()
         job.writer = FeatureWriter(
             self.settings.features_path(self.out, job.slide_id), job.coords, job.attrs, prov,
             enc.feature_dim,
@@ -214,10 +218,12 @@ class LocalRunner:
         """Encode one batch into the slide's feature file; note its undecodable tiles."""
         if batch.error is not None:
             raise RuntimeError(batch.error)
+        patches = self._stain_normalised(job, batch.patches) if self.settings.stain else (
+            batch.patches)
         if job.writer is None:
             self._open_writer(job)
         assert job.writer is not None
-        rows = self.encoder(batch.patches).numpy()
+        rows = self.encoder(patches).numpy()
         job.writer.write(batch.spec.start, rows)
         job.rows_done += rows.shape[0]
         if batch.failed is not None and batch.failed.any():
@@ -227,6 +233,18 @@ class LocalRunner:
             job.tile_error = job.tile_error or batch.tile_error
         if self._tile_bar is not None:
             self._tile_bar.update(rows.shape[0])
+
+    def _stain_normalised(self, job: _SlideJob, patches: Any) -> Any:
+        """``patches`` Macenko-normalised on the encoder's device, the slide's stains fitted
+        on its first batch (tissue tiles)."""
+        import torch
+
+        from models.stain import fit_macenko, normalise_macenko
+
+        tiles = torch.as_tensor(patches)
+        if job.stain is None:
+            job.stain = fit_macenko(tiles)
+        return normalise_macenko(tiles.to(self.encoder.device), job.stain)
 
     def _consume(self, batch: PatchBatch) -> None:
         job = self.jobs[batch.spec.slide_index]

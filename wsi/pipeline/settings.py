@@ -71,6 +71,9 @@ class EmbedSettings:
         max_failed_fraction: a slide with more undecodable tiles than this fraction fails.
         progress: show progress bars.
         debug: print the traceback of a failed slide.
+        stain: ``"macenko"`` to normalise each slide's H&E stains (fitted once per slide on
+            its first batch of tissue tiles, :mod:`models.stain`) before encoding; None (the
+            default) leaves pixels as scanned. Part of the reuse key and the provenance.
     """
 
     tiling: TileOptions = field(default_factory=TileOptions)
@@ -84,6 +87,7 @@ class EmbedSettings:
     max_failed_fraction: float = 0.05
     progress: bool = True
     debug: bool = False
+    stain: str | None = None
 
     def __repr__(self) -> str:
         t = self.tiling
@@ -97,6 +101,9 @@ class EmbedSettings:
     def check(self) -> None:
         """Raise :class:`InvalidParameterError` for values out of range (not the encoder)."""
         self.tiling.check()
+        if self.stain not in (None, "macenko"):
+            raise InvalidParameterError(
+                f"stain normalisation must be None or 'macenko', got {self.stain!r}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise InvalidParameterError(
                 f"batch size must be a positive integer, got {self.batch_size!r}")
@@ -144,6 +151,7 @@ class EmbedSettings:
             **tile_key(path, self.tiling),
             "encoder": self.encoder_name,
             "weights": self.weights_key() if weights_key is None else weights_key,
+            **({"stain": self.stain} if self.stain else {}),
         }
 
     def load_encoder(self) -> Encoder:

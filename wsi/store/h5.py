@@ -369,3 +369,17 @@ class FeatureBag:
             raise FeatureFileError(
                 f"{self.path}: read failed ({exc}); the file is damaged — {_REEMBED}"
             ) from exc
+
+
+def read_feature_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``features`` dataset's attributes (``encoder``, ``weights_sha256``,
+    ``feature_dim``) without reading the matrix; {} for a coords-only file."""
+    p = Path(path)
+    try:
+        with h5py.File(p, "r") as f:
+            feats = f.get("features")
+            return _attrs(feats) if isinstance(feats, h5py.Dataset) else {}
+    except (OSError, ValueError, TypeError) as exc:
+        raise FeatureFileError(
+            f"{p}: unreadable HDF5 file ({exc}); it is truncated or corrupt — {_REEMBED}"
+        ) from exc
