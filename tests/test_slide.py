@@ -196,3 +196,26 @@ def test_quickhash_reads_an_unchanged_file_once_and_a_changed_one_again(tmp_path
     path.write_bytes(b"y" * 3_000_000)
     os.utime(path, ns=(1, 1))  # a rewrite in place: same size, new mtime
     assert quickhash(path) != first and len(opened) == 2
+
+
+def test_thumbnail_within_half_a_pixel_of_a_level_is_that_level_1_to_1(tmp_path, monkeypatch):
+    from wsi.synthetic.slides import Region, write_slide
+
+    path = write_slide(tmp_path / "odd.tiff", width=2001, height=1501, mpp=0.5,
+                       regions=[Region(300, 200, 1200, 900, shape="ellipse")],
+                       downsamples=(1, 4))
+    resizes = []
+    original = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize",
+                        lambda self, *a, **k: resizes.append(a) or original(self, *a, **k))
+    with wsi.open_slide(path) as s:
+        ds = s.level_downsamples[1]
+        assert ds != 4.0  # 501 x 376 px: 3.993, not 4
+        w1, h1 = s.level_dimensions[1]
+        # 0.2 output px of drift over the long side: the level's pixels, no resampling pass
+        thumb = s.read_thumbnail(ds * (1 + 0.2 / w1))
+        assert np.array_equal(thumb, s.read_region((0, 0), 1, (w1, h1)))
+        assert resizes == []
+        # 2 px of drift: resampled
+        far = s.read_thumbnail(ds * (1 + 2.0 / w1))
+        assert far.shape[1] == w1 - 2 and len(resizes) > 0

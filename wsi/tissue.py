@@ -143,8 +143,9 @@ class TissueMask:
         """Summed-area table, shape ``(h + 1, w + 1)``, zero first row and column."""
         dtype = np.int32 if self.array.size < 2**31 else np.int64
         table = np.zeros((self.array.shape[0] + 1, self.array.shape[1] + 1), dtype=dtype)
-        np.cumsum(self.array, axis=0, dtype=dtype, out=table[1:, 1:])
-        np.cumsum(table[1:, 1:], axis=1, dtype=dtype, out=table[1:, 1:])
+        table[1:, 1:] = self.array  # then running sums in place (faster than cumsum from bool)
+        np.add.accumulate(table[1:, 1:], axis=1, out=table[1:, 1:])
+        np.add.accumulate(table, axis=0, out=table)
         return table
 
     def fraction_in_boxes(self, coords: np.ndarray, size_level0: float) -> np.ndarray:
@@ -301,11 +302,12 @@ def tissue_mask_from_rgb(
     red, green, blue = _white_balanced(image)
     value = np.maximum(np.maximum(red, green), blue)
     chroma = value - np.minimum(np.minimum(red, green), blue)
-    saturation = np.divide(chroma, value, out=np.zeros_like(chroma), where=value > 0)
+    # chroma is 0 wherever value is: dividing by a floored value equals np.divide(where=...)
+    saturation = chroma / np.maximum(value, np.float32(1e-30))
     dark = value < DARK_VALUE
     smooth_px = round(_SMOOTH_RADIUS_UM / pixel_um)
     if smooth_px > 0:
-        saturation = ndi.uniform_filter(saturation, size=2 * smooth_px + 1, mode="nearest")
+        saturation = _box_mean(saturation, smooth_px)
 
     pen = np.zeros_like(dark)
     if remove_pen:
@@ -342,11 +344,37 @@ def _white_balanced(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     glass_saturation = (glass.max() - glass.min()) / max(glass.max(), 1e-6)
     if glass.min() < _GLASS_MIN_VALUE or glass_saturation > _GLASS_MAX_SATURATION:
         glass = np.ones(3)
-    red, green, blue = (
-        np.minimum(plane * np.float32(1.0 / (255.0 * white)), np.float32(1.0))
+    levels = np.arange(256, dtype=np.float32)
+    red, green, blue = (  # a 256-entry table per channel: the same floats, gathered
+        np.take(np.minimum(levels * np.float32(1.0 / (255.0 * white)), np.float32(1.0)), plane)
         for plane, white in zip(planes, glass, strict=True)
     )
     return red, green, blue
+
+
+_BOX_MEAN_MAX_RADIUS = 4
+"""Up to this radius :func:`_box_mean` adds shifted copies; beyond, scipy's uniform filter."""
+
+
+def _box_mean(image: np.ndarray, radius_px: int) -> np.ndarray:
+    """Mean over the ``(2r + 1)²`` square around each pixel, edges repeated (float32).
+
+    Equals ``scipy.ndimage.uniform_filter(image, 2r + 1, mode="nearest")`` to float32
+    rounding (tests pin it); written out because for the small radii of a thumbnail the
+    shifted sums are ~3x faster than scipy's line filter.
+    """
+    if radius_px > _BOX_MEAN_MAX_RADIUS:
+        return ndi.uniform_filter(image, size=2 * radius_px + 1, mode="nearest")
+    width = 2 * radius_px + 1
+    padded = np.pad(image, radius_px, mode="edge")
+    rows = padded[:-2 * radius_px or None].copy()
+    for shift in range(1, width):
+        rows += padded[shift : shift + image.shape[0]]
+    out = rows[:, : image.shape[1]].copy()
+    for shift in range(1, width):
+        out += rows[:, shift : shift + image.shape[1]]
+    out *= np.float32(1.0 / width**2)
+    return out
 
 
 def _pen_ink(

@@ -45,6 +45,11 @@ glass slide; a larger header value is corrupt."""
 _MAX_BOX_SCALE = 256
 """Largest level-to-output pixel ratio one thumbnail pass averages (footprints stay small)."""
 
+_NEAR_ONE_DRIFT_PX = 0.5
+"""A thumbnail whose level pixels per output pixel is within 1 of 1 by so little that the
+two grids drift apart by less than this (output px) over its long side is copied 1:1,
+not resampled (real pyramids' downsamples are often 4.0002 or 15.9986, not 4 or 16)."""
+
 _LEVEL_TOLERANCE = 1e-3
 """Relative slack when comparing a level's mpp with a target (float noise in downsamples)."""
 
@@ -301,6 +306,8 @@ class Slide:
             # that no single output pixel's footprint is read at once
             k = math.ceil(scale / _MAX_BOX_SCALE)
             return _box_reduce(self.read_thumbnail(downsample / k), k, out_w, out_h)
+        if abs(scale - 1.0) * max(out_w, out_h) < _NEAR_ONE_DRIFT_PX:
+            scale = 1.0  # e.g. a level of downsample 15.9986 read for 32: pixels 1:1, no resize
         read_w = math.ceil(out_w * scale)
         out = np.empty((out_h, out_w, 3), np.uint8)
         if read_w * max(scale, 1.0) <= _STRIP_PIXELS:  # full-width strips
