@@ -27,15 +27,19 @@ from wsi.tme.nuclei import (
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MONUSEG = DATA / "monuseg_train_13"
 CRC = DATA / "crc_val_he_7k_32"
+NCT = DATA / "nct_crc_he_27"
 TIL = DATA / "tcga_til_patches"
 
 PINK = (236, 200, 222)
-DARK = (70, 40, 125)      # dense chromatin: lymphocyte-like when small and round
-PALE = (150, 115, 185)    # vesicular nucleus: paler than the tile's Otsu level, found by contrast
+DARK = (70, 40, 125)  # dense chromatin: lymphocyte-like when small and round
+PALE = (150, 115, 185)  # vesicular nucleus: paler than the tile's Otsu level, found by contrast
 
 
-def tile(mpp: float, discs: list[tuple[float, float, float, tuple[int, int, int]]],
-         size_um: float = 100.0) -> np.ndarray:
+def tile(
+    mpp: float,
+    discs: list[tuple[float, float, float, tuple[int, int, int]]],
+    size_um: float = 100.0,
+) -> np.ndarray:
     """uint8 RGB tile of ``size_um`` µm a side with discs (x_um, y_um, radius_um, colour)."""
     n = round(size_um / mpp)
     rgb = np.empty((n, n, 3), np.uint8)
@@ -46,8 +50,12 @@ def tile(mpp: float, discs: list[tuple[float, float, float, tuple[int, int, int]
     return rgb
 
 
-BLOBS = [(20.0, 20.0, 3.0, DARK), (70.0, 25.0, 3.0, DARK), (25.0, 75.0, 5.0, DARK),
-         (72.0, 72.0, 4.0, DARK)]
+BLOBS = [
+    (20.0, 20.0, 3.0, DARK),
+    (70.0, 25.0, 3.0, DARK),
+    (25.0, 75.0, 5.0, DARK),
+    (72.0, 72.0, 4.0, DARK),
+]
 
 
 @pytest.mark.parametrize("mpp", [0.5, 0.25])
@@ -77,8 +85,12 @@ def test_empty_tile_gives_empty_table_with_columns_and_dtypes(colour):
     found = detect_nuclei(rgb, mpp=0.5)
     assert list(found.columns) == list(COLUMNS)
     assert len(found) == 0
-    assert found.dtypes.to_dict() == {"x": np.float64, "y": np.float64,
-                                      "area_um2": np.float64, "lymphocyte": np.bool_}
+    assert found.dtypes.to_dict() == {
+        "x": np.float64,
+        "y": np.float64,
+        "area_um2": np.float64,
+        "lymphocyte": np.bool_,
+    }
     summary = nuclei_summary(found, area_mm2=224 * 224 * 0.25 / 1e6)
     assert summary["n_nuclei"] == 0 and math.isnan(summary["mean_area_um2"])
 
@@ -87,15 +99,24 @@ def test_same_columns_and_dtypes_with_nuclei_and_rgba():
     rgb = tile(0.5, BLOBS)
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
     found = detect_nuclei(rgba, mpp=0.5)
-    assert found.dtypes.to_dict() == {"x": np.float64, "y": np.float64,
-                                      "area_um2": np.float64, "lymphocyte": np.bool_}
+    assert found.dtypes.to_dict() == {
+        "x": np.float64,
+        "y": np.float64,
+        "area_um2": np.float64,
+        "lymphocyte": np.bool_,
+    }
     pd.testing.assert_frame_equal(found, detect_nuclei(rgb, mpp=0.5))
 
 
-MIXED = [(15.0, 15.0, 3.0, DARK), (50.0, 15.0, 3.0, DARK), (85.0, 15.0, 3.0, DARK),
-         (15.0, 50.0, 3.0, PALE), (50.0, 50.0, 3.0, PALE),      # small, round, not dark
-         (85.0, 50.0, 6.0, DARK),                                # dark, round, too big
-         (30.0, 85.0, 3.0, DARK)]
+MIXED = [
+    (15.0, 15.0, 3.0, DARK),
+    (50.0, 15.0, 3.0, DARK),
+    (85.0, 15.0, 3.0, DARK),
+    (15.0, 50.0, 3.0, PALE),
+    (50.0, 50.0, 3.0, PALE),  # small, round, not dark
+    (85.0, 50.0, 6.0, DARK),  # dark, round, too big
+    (30.0, 85.0, 3.0, DARK),
+]
 
 
 @pytest.mark.parametrize("mpp", [0.5, 0.25])
@@ -103,8 +124,9 @@ def test_lymphocyte_like_is_small_round_and_dark(mpp):
     found = detect_nuclei(tile(mpp, MIXED), mpp=mpp)
     assert len(found) == len(MIXED)
     lymph = found[found.lymphocyte]
-    centres = sorted(zip(np.round((lymph.x + 0.5) * mpp), np.round((lymph.y + 0.5) * mpp),
-                         strict=True))
+    centres = sorted(
+        zip(np.round((lymph.x + 0.5) * mpp), np.round((lymph.y + 0.5) * mpp), strict=True)
+    )
     assert centres == [(15.0, 15.0), (30.0, 85.0), (50.0, 15.0), (85.0, 15.0)]
 
 
@@ -126,6 +148,35 @@ def test_oblong_nucleus_is_not_lymphocyte_like():
     rgb[((xx - 60) / 6.0) ** 2 + ((yy - 60) / 2.0) ** 2 <= 1] = DARK  # 12 × 4 µm, 38 µm²
     found = detect_nuclei(rgb, mpp=0.5).sort_values("x")
     assert found.lymphocyte.tolist() == [True, False]
+
+
+def test_solidity_is_regionprops_solidity():
+    """The per-candidate solidity equals scikit-image's ``regionprops`` solidity."""
+    from skimage.measure import label, regionprops
+
+    from wsi.tme.nuclei import _solidity
+
+    yy, xx = np.mgrid[0:40, 0:40]
+    disc = (yy - 12) ** 2 + (xx - 12) ** 2 <= 36
+    crescent = disc & ~((yy - 12) ** 2 + (xx - 16) ** 2 <= 25)
+    for shape in (disc, crescent, disc | (np.abs(yy - 30) <= 1) & (xx < 30)):
+        region = regionprops(label(shape))[0]
+        assert _solidity(region.image) == pytest.approx(region.solidity)
+    assert _solidity(disc[5:20, 5:20]) > 0.9 > _solidity(crescent[5:20, 5:20])
+
+
+def test_mottled_nucleus_is_not_lymphocyte_like():
+    """Same size, shape and mean darkness, but vesicular (uneven hematoxylin): not."""
+    mpp = 0.5
+    rgb = tile(mpp, [(20.0, 20.0, 3.0, DARK)])
+    yy, xx = np.mgrid[0:200, 0:200]  # the second nucleus at 60, 60 µm = pixel 120, 120
+    rgb[(yy - 120) ** 2 + (xx - 120) ** 2 <= 36] = (120, 90, 165)  # pale nucleoplasm
+    rgb[((yy - 120) ** 2 + (xx - 120) ** 2 <= 16) & ((yy + xx) % 4 < 2)] = (30, 10, 90)  # clumps
+    found = detect_nuclei(rgb, mpp=mpp).sort_values("x")
+    assert len(found) == 2
+    assert found.lymphocyte.tolist() == [True, False]
+    lenient = NucleusParams(lymph_texture=math.inf)  # the texture criterion alone decides
+    assert detect_nuclei(rgb, mpp=mpp, params=lenient).lymphocyte.tolist() == [True, True]
 
 
 def test_summary_counts_and_densities():
@@ -155,6 +206,7 @@ def test_params_repr_is_one_line():
 
 
 # --- real data ------------------------------------------------------------------------
+
 
 def _read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
@@ -200,8 +252,11 @@ def score(detector, radius_um: float = 6.0) -> dict[str, float]:
         tp += _matches(pred, true, radius_um / mpp)
         n_pred, n_true = n_pred + len(pred), n_true + len(true)
     precision, recall = tp / n_pred, tp / n_true
-    return {"precision": precision, "recall": recall,
-            "f1": 2 * precision * recall / (precision + recall)}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall),
+    }
 
 
 def ours(rgb: np.ndarray, mpp: float) -> np.ndarray:
@@ -228,10 +283,54 @@ def _lymphocyte_density(rgb: np.ndarray, mpp: float) -> float:
 @pytest.mark.skipif(not CRC.is_dir(), reason=f"{CRC} absent (real CRC tiles)")
 def test_lymphocyte_tiles_have_more_lymphocyte_like_cells():
     """CRC-VAL-HE-7K at 0.5 µm/px: lymphocyte aggregates (LYM) against tumour and stroma."""
-    density = {cls: np.median([_lymphocyte_density(_read_rgb(p), 0.5)
-                               for p in sorted(CRC.glob(f"{cls}-*.png"))])
-               for cls in ("LYM", "TUM", "STR")}
+    density = {
+        cls: np.median(
+            [_lymphocyte_density(_read_rgb(p), 0.5) for p in sorted(CRC.glob(f"{cls}-*.png"))]
+        )
+        for cls in ("LYM", "TUM", "STR")
+    }
     assert density["LYM"] > 3 * max(density["TUM"], density["STR"]), density
+
+
+def _kather_densities() -> pd.DataFrame:
+    """Lymphocyte-like cells per mm² of the 59 labelled Kather tiles (224 px at 0.5 µm/px),
+    one row per tile: ``label`` (the class) and ``source`` (the folder)."""
+    rows = []
+    for folder in (CRC, NCT):
+        labels = pd.read_csv(folder / "labels.csv")
+        for name, label in zip(labels.iloc[:, 0], labels["label"], strict=True):
+            rows.append(
+                {
+                    "label": label,
+                    "source": folder.name,
+                    "per_mm2": _lymphocyte_density(_read_rgb(folder / name), 0.5),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.skipif(not (CRC.is_dir() and NCT.is_dir()), reason="Kather CRC tiles absent")
+def test_lymphocyte_densities_per_class_fit_the_literature_thresholds():
+    """Specific enough for Park et al.'s 130 /mm² intratumoral and 260 /mm² stromal
+    thresholds: tumour and stroma tiles far below them, lymphocyte tiles far above.
+    Measured (medians of 7 tiles): TUM 0, STR 80, LYM 3,747 /mm² (one cell in a 224 px
+    tile is 80 /mm²); before the solidity and texture criteria 319, 399 and 1,913."""
+    from wsi.tme.phenotype import PhenotypeThresholds
+
+    table = _kather_densities()
+    assert len(table) == 59
+    median = table.groupby("label")["per_mm2"].median()
+    assert median["TUM"] < 100 and median["STR"] < 200, median.to_dict()
+    assert median["LYM"] > 2000, median.to_dict()
+    lym = table[table.label == "LYM"]["per_mm2"]
+    assert lym.min() > 1000, lym.tolist()  # every lymphocyte aggregate, not just most
+    # the mosaics of the phenotype validation draw from the 4 CRC-VAL-HE-7K tiles per class:
+    # their means sit on the right side of the literature thresholds with room to spare
+    mean = table[table.source == CRC.name].groupby("label")["per_mm2"].mean()
+    limits = PhenotypeThresholds()
+    assert mean["TUM"] < limits.inflamed_per_mm2 / 1.5, mean.to_dict()
+    assert mean["STR"] < limits.excluded_per_mm2 / 1.5, mean.to_dict()
+    assert mean["LYM"] > 10 * limits.excluded_per_mm2, mean.to_dict()
 
 
 @pytest.mark.slow
@@ -240,10 +339,12 @@ def test_lymphocyte_tiles_have_more_lymphocyte_like_cells():
 def test_til_positive_patch_denser_than_negatives(split):
     """One TIL-positive and 35 negative LUAD patches per split (smoke-test size). The README
     gives no mpp; nuclear areas fit 0.5 µm/px (20x), which is used here."""
-    labels = pd.read_csv(TIL / split / "label.txt", sep=" ", header=None,
-                         names=["png", "til", "slide", "x", "y"])
-    density = np.array([_lymphocyte_density(_read_rgb(TIL / split / png), 0.5)
-                        for png in labels.png])
+    labels = pd.read_csv(
+        TIL / split / "label.txt", sep=" ", header=None, names=["png", "til", "slide", "x", "y"]
+    )
+    density = np.array(
+        [_lymphocyte_density(_read_rgb(TIL / split / png), 0.5) for png in labels.png]
+    )
     positive = density[labels.til.to_numpy() == 1]
     negative = density[labels.til.to_numpy() == 0]
     assert len(positive) == 1

@@ -4,9 +4,12 @@ The hematoxylin channel comes from colour deconvolution (Ruifrok & Johnston's H&
 vectors, ``skimage.color.rgb2hed``); nuclei are the pixels of a lightly smoothed hematoxylin
 image above the tile's Otsu level, or locally darker than their surroundings (pale nuclei),
 with holes filled and specks and bridges under 1 µm opened away; touching nuclei are split
-by a watershed on the distance to the background. A nucleus is *lymphocyte-like* when it is small, round
-and dark, where "dark" is relative to the tile (its hematoxylin against the tile's own
-nucleus threshold), not a fixed optical density, so that stain strength does not decide it.
+by a watershed on the distance to the background. A nucleus is *lymphocyte-like* when it is
+small, round, convex (solid), dark and homogeneous: dense chromatin, unlike the larger, paler,
+vesicular or elongated nuclei of tumour, stroma and epithelium. "Dark" is relative to the tile
+(its hematoxylin against the tile's own nucleus threshold) and "homogeneous" is the spread of
+hematoxylin inside the nucleus over its mean (a coefficient of variation), so that stain
+strength does not decide either. Convexity is scikit-image's ``regionprops`` solidity.
 
 Every size is in µm or µm²: the same parameters work on tiles at 0.25 and 0.5 µm/px.
 """
@@ -37,11 +40,17 @@ class NucleusParams:
         (pale nuclei beside dark lymphocytes, whose darkness raises the tile's level).
     min_area_um2 / max_area_um2: objects outside this area range are dropped (µm²).
     seed_um: the least distance between the centres of two touching nuclei (µm).
-    lymph_area_um2: (min, max) nuclear area of a lymphocyte-like cell (µm²).
+    lymph_area_um2: (min, max) nuclear area of a lymphocyte-like cell (µm²), as segmented
+        (the hematoxylin threshold trims the rim: a 6-7 µm lymphocyte measures ~15-30 µm²).
     lymph_roundness: least minor ÷ major axis (of the fitted ellipse) of a lymphocyte-like
         nucleus.
+    lymph_solidity: least area ÷ convex-hull area (``regionprops`` solidity) of a
+        lymphocyte-like nucleus: notched, lobed or crescent nuclei are not.
     lymph_darkness: least mean hematoxylin of a lymphocyte-like nucleus as a multiple of the
         tile's nucleus threshold (relative to the tile: stain strength cancels out).
+    lymph_texture: most standard deviation ÷ mean of hematoxylin inside a lymphocyte-like
+        nucleus (dense, homogeneous chromatin; vesicular nuclei vary more; no unit, so stain
+        strength cancels out).
     """
 
     smooth_um: float = 0.3
@@ -53,9 +62,11 @@ class NucleusParams:
     min_area_um2: float = 10.0
     max_area_um2: float = 400.0
     seed_um: float = 4.0
-    lymph_area_um2: tuple[float, float] = (12.0, 50.0)
-    lymph_roundness: float = 0.7
-    lymph_darkness: float = 1.5
+    lymph_area_um2: tuple[float, float] = (12.0, 32.0)
+    lymph_roundness: float = 0.75
+    lymph_solidity: float = 0.92
+    lymph_darkness: float = 1.2
+    lymph_texture: float = 0.26
 
 
 DEFAULT_PARAMS = NucleusParams()
@@ -85,7 +96,9 @@ def hematoxylin(rgb: np.ndarray) -> np.ndarray:
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] not in (3, 4):
-        raise ValueError(f"expected an (H, W, 3) RGB or (H, W, 4) RGBA image, got shape {rgb.shape}")
+        raise ValueError(
+            f"expected an (H, W, 3) RGB or (H, W, 4) RGBA image, got shape {rgb.shape}"
+        )
     rgb = rgb[..., :3]
     if rgb.dtype != np.uint8:
         from skimage.color import rgb2hed
@@ -112,8 +125,9 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     background, _ = ndimage.label(~mask)
-    edge = np.unique(np.concatenate([background[0], background[-1],
-                                     background[:, 0], background[:, -1]]))
+    edge = np.unique(
+        np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    )
     return mask | ~np.isin(background, edge)
 
 
@@ -153,7 +167,8 @@ def _split(mask: np.ndarray, mpp: float, params: NucleusParams) -> np.ndarray:
 
 
 def _measure(labels: np.ndarray, h: np.ndarray, mpp: float) -> pd.DataFrame:
-    """Per-nucleus centre (px), area (µm²), roundness and mean hematoxylin.
+    """Per-nucleus label, centre (px), area (µm²), roundness, mean hematoxylin and its
+    coefficient of variation (``texture``).
 
     Image moments by label sums (one pass, no per-object Python loop); roundness is the
     minor ÷ major axis of the ellipse with the same second moments (1 for a disc).
@@ -173,44 +188,74 @@ def _measure(labels: np.ndarray, h: np.ndarray, mpp: float) -> pd.DataFrame:
     half_sum, root = (var_x + var_y) / 2, np.hypot((var_x - var_y) / 2, cov)
     major, minor = half_sum + root, np.maximum(half_sum - root, 0)
     present = total() > 0
-    return pd.DataFrame({
-        "x": cx[present],
-        "y": cy[present],
-        "area_um2": (count * mpp**2)[present],
-        "roundness": np.sqrt(minor / np.maximum(major, 1e-12))[present],
-        "darkness": (total(h[ys, xs].astype(np.float64)) / count)[present],
-    })
+    values = h[ys, xs].astype(np.float64)
+    mean = total(values) / count
+    spread = np.sqrt(np.maximum(total(values**2) / count - mean**2, 0))
+    return pd.DataFrame(
+        {
+            "label": np.arange(1, n)[present],
+            "x": cx[present],
+            "y": cy[present],
+            "area_um2": (count * mpp**2)[present],
+            "roundness": np.sqrt(minor / np.maximum(major, 1e-12))[present],
+            "darkness": mean[present],
+            "texture": (spread / np.maximum(mean, 1e-12))[present],
+        }
+    )
 
 
-def _lymphocyte_like(table: pd.DataFrame, level: float, params: NucleusParams) -> np.ndarray:
-    """Small, round and dark relative to the tile's nucleus threshold ``level``."""
+def _lymphocyte_like(
+    table: pd.DataFrame, labels: np.ndarray, level: float, params: NucleusParams
+) -> np.ndarray:
+    """Small, round, dark relative to the tile's nucleus threshold ``level``, homogeneous,
+    and solid (convex): solidity is measured only on the nuclei that pass the rest."""
     low, high = params.lymph_area_um2
-    return (
+    like = (
         table["area_um2"].between(low, high).to_numpy()
         & (table["roundness"].to_numpy() >= params.lymph_roundness)
         & (table["darkness"].to_numpy() >= params.lymph_darkness * level)
+        & (table["texture"].to_numpy() <= params.lymph_texture)
     )
+    if like.any():
+        from scipy import ndimage
+
+        boxes = ndimage.find_objects(labels)
+        for i in np.flatnonzero(like):
+            label = int(table["label"].iat[i])
+            like[i] = _solidity(labels[boxes[label - 1]] == label) >= params.lymph_solidity
+    return like
+
+
+def _solidity(nucleus: np.ndarray) -> float:
+    """Area ÷ convex-hull area of one nucleus (a boolean crop): ``regionprops``' solidity,
+    computed the same way but without building a region object for every nucleus."""
+    from skimage.morphology import convex_hull_image
+
+    return float(nucleus.sum() / convex_hull_image(nucleus).sum())
 
 
 def empty_table() -> pd.DataFrame:
     """A table with :func:`detect_nuclei`'s columns and dtypes and no rows."""
-    return pd.DataFrame({
-        "x": np.zeros(0, np.float64),
-        "y": np.zeros(0, np.float64),
-        "area_um2": np.zeros(0, np.float64),
-        "lymphocyte": np.zeros(0, bool),
-    })
+    return pd.DataFrame(
+        {
+            "x": np.zeros(0, np.float64),
+            "y": np.zeros(0, np.float64),
+            "area_um2": np.zeros(0, np.float64),
+            "lymphocyte": np.zeros(0, bool),
+        }
+    )
 
 
-def detect_nuclei(rgb: np.ndarray, *, mpp: float,
-                  params: NucleusParams | None = None) -> pd.DataFrame:
+def detect_nuclei(
+    rgb: np.ndarray, *, mpp: float, params: NucleusParams | None = None
+) -> pd.DataFrame:
     """Nuclei of one H&E tile, one row per nucleus.
 
     ``rgb``: (H, W, 3) RGB or (H, W, 4) RGBA, uint8 or float in [0, 1]; ``mpp``: its µm per
     pixel. Returns a DataFrame with ``x``, ``y`` (float64: the nucleus centre in pixels of
     this array, x the column and y the row index, so pixel (0, 0)'s centre is 0, 0),
     ``area_um2`` (float64, µm²) and ``lymphocyte``
-    (bool: small, round and dark for this tile). A tile without nuclei gives no rows.
+    (bool: small, round, solid, dark and homogeneous for this tile). A tile without nuclei gives no rows.
     """
     if not mpp > 0:
         raise ValueError(f"mpp must be a positive number of µm per pixel, got {mpp!r}")
@@ -224,9 +269,10 @@ def detect_nuclei(rgb: np.ndarray, *, mpp: float,
     mask = _foreground(h, level, mpp, params)
     if not mask.any():
         return empty_table()
-    table = _measure(_split(mask, mpp, params), h, mpp)
+    labels = _split(mask, mpp, params)
+    table = _measure(labels, h, mpp)
     table = table[table["area_um2"].between(params.min_area_um2, params.max_area_um2)]
-    table = table.assign(lymphocyte=_lymphocyte_like(table, level, params))
+    table = table.assign(lymphocyte=_lymphocyte_like(table, labels, level, params))
     return table.loc[:, list(COLUMNS)].reset_index(drop=True)
 
 
