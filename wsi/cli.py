@@ -536,8 +536,10 @@ def cmd_tme_train_classifier(args: argparse.Namespace) -> int:
     )
     classifier.save(args.out)
     print(classifier)
+    copies = classifier.metadata["copies"]
     for name, count in classifier.metadata["tiles_per_class"].items():
-        print(f"  {name}: {count} tiles -> {classifier.roles[name]}")
+        jittered = f" (+{count * copies} HED-jittered)" if copies else ""
+        print(f"  {name}: {count} tiles{jittered} -> {classifier.roles[name]}")
     print(f"-> {args.out}")
     return EXIT_OK
 
