@@ -18,6 +18,7 @@ import numpy as np
 from wsi.cohort import feature_files
 from wsi.errors import FeatureFileError, InvalidParameterError
 from wsi.store.h5 import FeatureBag, read_tile_file
+from wsi.store.tile_geometry import first_number, tile_size_level0, tile_size_px
 
 PathLike = str | os.PathLike[str]
 
@@ -69,44 +70,19 @@ class SlideTiles:
         return Path(path) if path else None
 
 
-def _first(value: Any) -> float | None:
-    """One finite number from an HDF5 attribute (scalar or [x, y]), else None."""
-    try:
-        number = float(np.ravel(value)[0])
-    except (TypeError, ValueError, IndexError):
-        return None
-    return number if np.isfinite(number) and number > 0 else None
-
-
-def tile_size_level0(attrs: dict[str, Any], mpp_level0: float | None) -> float:
-    """A tile's exact side in level-0 px from a coords dataset's attributes: ``tile_size_um``
-    / ``mpp_level0`` when both are known, else ``patch_size_level0``, else ``patch_size`` ×
-    the level's downsample (CLAM files)."""
-    size_um = _first(attrs.get("tile_size_um"))
-    if size_um and mpp_level0:
-        return size_um / mpp_level0
-    stored = _first(attrs.get("patch_size_level0"))
-    if stored:
-        return stored
-    return float(_first(attrs.get("patch_size")) or 224) * float(
-        _first(attrs.get("downsample")) or 1
-    )
-
-
 def read_slide_tiles(path: PathLike, *, features: bool = True) -> SlideTiles:
     """One feature (or, with ``features=False``, coords) file as :class:`SlideTiles`."""
     tiles = read_tile_file(path, features=features)
     attrs = tiles.coords_attrs
-    mpp0 = _first(attrs.get("mpp_level0"))
-    size_px = int(_first(attrs.get("target_patch_size")) or _first(attrs.get("patch_size")) or 224)
+    mpp0 = first_number(attrs.get("mpp_level0"))
     return SlideTiles(
         slide_id=Path(path).stem,
         path=Path(path),
         coords=tiles.coords,
         tile_size_level0=tile_size_level0(attrs, mpp0),
-        tile_size_px=size_px,
+        tile_size_px=tile_size_px(attrs),
         mpp_level0=mpp0,
-        tile_mpp=_first(attrs.get("achieved_mpp")) or _first(attrs.get("target_mpp")),
+        tile_mpp=first_number(attrs.get("achieved_mpp")) or first_number(attrs.get("target_mpp")),
         encoder=str((tiles.features_attrs or {}).get("encoder", "")),
         features=tiles.features,
         provenance=tiles.provenance,

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from models.atomic import write_text_atomic
+from wsi.store.tile_geometry import tile_level, tile_size_level0, tile_size_px
 from wsi.viz.heatmap import attention_overlay, save_png, tiles_geojson, top_tiles_mosaic
 
 HEATMAP_LONG_SIDE_PX = 2048
@@ -47,7 +48,7 @@ def heatmap_run(
     written: list[Path] = []
     with open_slide(slide_path, mpp=slide_mpp) as slide:
         attrs = tiles.coords_attrs
-        size_level0 = _tile_size_level0(attrs, slide)
+        size_level0 = tile_size_level0(attrs, slide.mpp_or_none)
         downsample = max(max(slide.dimensions) / HEATMAP_LONG_SIDE_PX, 1.0)
         thumbnail = slide.read_thumbnail(downsample)
         measurements: dict[str, np.ndarray] = {}
@@ -64,7 +65,7 @@ def heatmap_run(
             measurements[f"attention_{task}"] = attention
             if len(attention):
                 top = np.argsort(-attention)[:top_k]
-                patches = [_read_tile(slide, tiles.coords[j], size_level0, attrs) for j in top]
+                patches = [read_stored_tile(slide, tiles.coords[j], attrs) for j in top]
                 mosaic = top_tiles_mosaic(
                     np.stack(patches), attention[top], title=f"top {len(top)} tiles: {task}"
                 )
@@ -78,18 +79,9 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float | np.floating) else str(value)
 
 
-def _tile_size_level0(attrs: dict[str, Any], slide: Any) -> float:
-    """Exact tile side in level-0 px from a coords file's attributes."""
-    if attrs.get("tile_size_um") and slide.mpp_or_none:
-        return float(attrs["tile_size_um"]) / slide.mpp
-    if attrs.get("patch_size_level0"):
-        return float(attrs["patch_size_level0"])
-    downsample = attrs.get("downsample", [1.0])
-    return float(attrs.get("patch_size", 224)) * float(np.ravel(downsample)[0])
-
-
-def _read_tile(slide: Any, xy: np.ndarray, size_level0: float, attrs: dict[str, Any]) -> np.ndarray:
-    size = int(attrs.get("target_patch_size") or attrs.get("patch_size") or 224)
-    level = int(attrs.get("patch_level", 0))
-    level = min(level, slide.level_count - 1)
-    return slide.read_patch(float(xy[0]), float(xy[1]), size_level0, size, level)
+def read_stored_tile(slide: Any, xy: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
+    """The pixels of one stored tile (top-left ``xy`` in level-0 px), read as it was encoded:
+    same level-0 footprint, same output side in pixels."""
+    size_level0 = tile_size_level0(attrs, slide.mpp_or_none)
+    level = tile_level(attrs, slide.level_count)
+    return slide.read_patch(float(xy[0]), float(xy[1]), size_level0, tile_size_px(attrs), level)

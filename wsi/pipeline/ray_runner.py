@@ -70,7 +70,7 @@ def import_ray() -> Any:
     return ray
 
 
-def _connect(ray: Any, address: str | None) -> bool:
+def connect_ray(ray: Any, address: str | None) -> bool:
     """Join or start a cluster; True when this call started it (and should shut it down)."""
     if ray.is_initialized():
         return False
@@ -211,7 +211,7 @@ def run_on_ray(
     ray = import_ray()
     if options.retries < 0:
         raise InvalidParameterError(f"retries must be ≥ 0, got {options.retries}")
-    started_here = _connect(ray, options.address)
+    started_here = connect_ray(ray, options.address)
     try:
         place = _placement(ray, options, settings.device)
         clean_output_folder(out_dir, settings.features_dir(out_dir))

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from wsi.pipeline.batch import find_slides
-from wsi.pipeline.heatmap import _read_tile, _tile_size_level0
+from wsi.pipeline.heatmap import read_stored_tile
 from wsi.store.h5 import read_tile_file
 from wsi.viz.heatmap import save_png, top_tiles_mosaic
 
@@ -51,10 +51,7 @@ def group_mosaics(
                 continue
             top, similarity = _representative(tiles.features, TILES_PER_SLIDE)
             with open_slide(paths[sid]) as slide:
-                size = _tile_size_level0(tiles.coords_attrs, slide)
-                patches += [
-                    _read_tile(slide, tiles.coords[j], size, tiles.coords_attrs) for j in top
-                ]
+                patches += [read_stored_tile(slide, tiles.coords[j], tiles.coords_attrs) for j in top]
             scores += similarity.tolist()
             captions += [sid] * len(top)
         if patches:

@@ -539,10 +539,10 @@ def _run_on_ray(
     items: list[_Slide], classifier: TileClassifier, out: Path, settings: ProfileRunSettings
 ) -> list[_Slide]:
     """One Ray task per slide to profile; a task that fails every attempt is a failed row."""
-    from wsi.pipeline.ray_runner import _connect, import_ray
+    from wsi.pipeline.ray_runner import connect_ray, import_ray
 
     ray = import_ray()
-    started_here = _connect(ray, settings.ray_address)
+    started_here = connect_ray(ray, settings.ray_address)
     try:
         task = ray.remote(profile_task).options(
             num_cpus=max(1, settings.workers),
