@@ -15,7 +15,11 @@ CONCH's open_clip checkpoint are renamed to timm's keys on loading
 encoder's provenance (so in each feature file), :func:`encoder_cards` lists them, and loading
 a non-commercial one warns once per process.
 
-Sources, per preset, are the model cards on huggingface.co (cited in ``source``).
+Sources, per preset, are the model cards on huggingface.co (cited in ``source``). Licences
+were checked against the cards on 2026-12-03 (``docs/how-to/encoders.md`` lists which could be
+confirmed). ``non_commercial`` is True for a non-commercial licence and also for weights
+whose access terms attest research use (Virchow, Prov-GigaPath): use by a company needs
+the authors' agreement either way.
 """
 
 from __future__ import annotations
@@ -236,7 +240,7 @@ PRESETS: dict[str, FoundationPreset] = {
             input_size=224,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
-            licence="Apache-2.0 + gated non-commercial terms",
+            licence="Apache-2.0 + gated terms (research use attested)",
             non_commercial=True,
             hub_repo="paige-ai/Virchow",
             source="https://huggingface.co/paige-ai/Virchow",
@@ -293,7 +297,7 @@ PRESETS: dict[str, FoundationPreset] = {
             input_size=224,
             mean=HOPTIMUS_MEAN,
             std=HOPTIMUS_STD,
-            licence="Bioptimus licence (non-commercial)",
+            licence="CC-BY-NC-ND-4.0",
             non_commercial=True,
             hub_repo="bioptimus/H-optimus-1",
             source="https://huggingface.co/bioptimus/H-optimus-1",
@@ -338,8 +342,8 @@ PRESETS: dict[str, FoundationPreset] = {
             input_size=224,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
-            licence="Apache-2.0 (research use per card)",
-            non_commercial=False,
+            licence="Apache-2.0 + gated terms (research use only)",
+            non_commercial=True,
             hub_repo="prov-gigapath/prov-gigapath",
             source="https://huggingface.co/prov-gigapath/prov-gigapath",
             timm_kwargs={

@@ -36,12 +36,29 @@ DOCUMENTED = {
     "h_optimus_1": (1536, 224, HOPT, 1.0, True),
     "phikon": (768, 224, IMAGENET, 1.0, True),
     "phikon_v2": (1024, 224, IMAGENET, 1.0, True),
-    "prov_gigapath": (1536, 224, IMAGENET, 224 / 256, False),
+    "prov_gigapath": (1536, 224, IMAGENET, 224 / 256, True),
     "conch_v1": (512, 448, CLIP, 1.0, True),
     "conch_v1_contrast": (512, 448, CLIP, 1.0, True),
     "hibou_b": (768, 224, HIBOU, 1.0, False),
     "hibou_l": (1024, 224, HIBOU, 1.0, False),
     "midnight": (3072, 224, ((0.5,) * 3, (0.5,) * 3), 1.0, False),
+}
+# licences as the model cards state them (checked 2026-12-03; see docs/how-to/encoders.md)
+LICENCES = {
+    "uni": "CC-BY-NC-ND-4.0",
+    "uni2_h": "CC-BY-NC-ND-4.0",
+    "virchow": "Apache-2.0 + gated terms (research use attested)",
+    "virchow2": "CC-BY-NC-ND-4.0",
+    "h_optimus_0": "Apache-2.0",
+    "h_optimus_1": "CC-BY-NC-ND-4.0",
+    "phikon": "Owkin non-commercial licence",
+    "phikon_v2": "Owkin non-commercial licence",
+    "prov_gigapath": "Apache-2.0 + gated terms (research use only)",
+    "conch_v1": "CC-BY-NC-ND-4.0",
+    "conch_v1_contrast": "CC-BY-NC-ND-4.0",
+    "hibou_b": "Apache-2.0",
+    "hibou_l": "Apache-2.0",
+    "midnight": "MIT",
 }
 # published parameter counts (millions) of the tile encoders, ±2 %
 PARAMETERS_M = {
@@ -67,6 +84,9 @@ def test_every_preset_has_the_documented_preprocessing_and_licence():
         p = PRESETS[name]
         assert (p.feature_dim, p.input_size, p.mean, p.std) == (width, size, mean, std), name
         assert p.crop_pct == pytest.approx(crop) and p.non_commercial is nc, name
+        assert p.licence == LICENCES[name], name
+        # a CC-BY-NC or "non-commercial" licence is always flagged
+        assert p.non_commercial or not ("NC" in p.licence or "non-commercial" in p.licence)
     cards = {c.name: c for c in encoder_cards(["efficientnet_lite0", "mine"])}
     assert cards["virchow2"].feature_dim == 2560 and cards["virchow2"].non_commercial
     assert cards["mine"].licence == "unknown" and cards["efficientnet_lite0"].feature_dim == 1280
