@@ -179,3 +179,18 @@ def test_cli_export_spatialdata(cohort, tmp_path):
     assert set(back.images) == {"a_thumbnail", "b_thumbnail"}
     assert back.tables["table"].n_obs == 2 * TISSUE_TILES
     assert {"a_um", "a_px", "b_um", "b_px"} <= set(back.coordinate_systems)
+
+
+def test_slide_ids_spatialdata_does_not_allow_become_valid_names(cohort, tmp_path):
+    import shutil
+
+    from wsi.errors import InvalidParameterError
+    from wsi.export import element_names, to_spatialdata
+
+    shutil.copy(cohort["features"] / "a.h5", tmp_path / "slide 1+x.h5")
+    sdata = to_spatialdata([tmp_path / "slide 1+x.h5"], thumbnail_px=100)
+    assert set(sdata.shapes) == {"slide_1_x_tiles"} and set(sdata.images) == {"slide_1_x_thumbnail"}
+    assert set(sdata.tables["table"].obs["slide_id"]) == {"slide 1+x"}  # the id itself is kept
+    assert element_names(["__a", "b.c"]) == {"__a": "slide__a", "b.c": "b.c"}
+    with pytest.raises(InvalidParameterError, match="'a b' and 'a_b'"):
+        element_names(["a b", "a_b"])

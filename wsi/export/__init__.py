@@ -25,13 +25,19 @@ from wsi.export.adata import (
     write_anndata,
 )
 from wsi.export.qupath import export_qupath, slide_geojson
-from wsi.export.sdata import export_spatialdata, to_spatialdata, write_spatialdata
+from wsi.export.sdata import (
+    element_names,
+    export_spatialdata,
+    to_spatialdata,
+    write_spatialdata,
+)
 from wsi.export.sources import SlideTiles, feature_paths, read_slide_tiles
 from wsi.export.tiles import TileExport, export_tiles, tile_image_mpp
 
 __all__ = [
     "SlideTiles",
     "TileExport",
+    "element_names",
     "export_anndata",
     "export_qupath",
     "export_spatialdata",

@@ -1,7 +1,8 @@
 """Feature files → a SpatialData ``.zarr`` (scverse's spatial omics format): ``pip install
 "wsi[spatial]"``.
 
-Per slide ``S``, three linked elements:
+Per slide, three linked elements, named after ``S``, the slide id (characters spatialdata does
+not allow in names replaced by ``_``, see :func:`element_names`):
 
 - ``shapes['S_tiles']``: one geometry per tile in **level-0 pixels** (squares of the tile's
   side, or circles of that diameter with ``shape="circle"``), indexed by ``tile_id`` (the row
@@ -82,21 +83,43 @@ def to_spatialdata(
         progress=progress,
     )
     spatial = adata.uns.pop("spatial")
+    names = element_names(list(spatial))
     shapes, images = {}, {}
     for slide_id, entry in spatial.items():
+        name = names[slide_id]
         rows = (adata.obs["slide_id"] == slide_id).to_numpy()
-        systems = _coordinate_systems(slide_id, entry["metadata"]["mpp_level0"])
-        shapes[f"{slide_id}_tiles"] = _tile_shapes(
+        systems = _coordinate_systems(name, entry["metadata"]["mpp_level0"])
+        shapes[f"{name}_tiles"] = _tile_shapes(
             adata.obs.loc[rows], entry["scalefactors"]["spot_diameter_fullres"], shape, systems
         )
         if "lowres" in entry["images"]:
-            images[f"{slide_id}_thumbnail"] = _thumbnail(
+            images[f"{name}_thumbnail"] = _thumbnail(
                 entry["images"]["lowres"],
                 1.0 / entry["scalefactors"]["tissue_lowres_scalef"],
                 systems,
             )
-    table = _table(adata)
+    table = _table(adata, names)
     return sd.SpatialData(images=images, shapes=shapes, tables={TABLE_NAME: table})
+
+
+def element_names(slide_ids: Sequence[str]) -> dict[str, str]:
+    """``{slide_id: S}``: the prefix of a slide's element and coordinate-system names, its id
+    with each character spatialdata does not allow in names (anything but letters, digits,
+    ``_``, ``-``, ``.``) replaced by ``_``. Raises :class:`InvalidParameterError` when two
+    slides would get the same name."""
+    names: dict[str, str] = {}
+    for slide_id in slide_ids:
+        name = "".join(c if c.isalnum() or c in "_-." else "_" for c in slide_id)
+        if name.startswith("__") or name in (".", ".."):
+            name = f"slide{name}"
+        clash = [s for s, n in names.items() if n == name]
+        if clash:
+            raise InvalidParameterError(
+                f"slides {clash[0]!r} and {slide_id!r} both become SpatialData element "
+                f"{name!r}; rename one of their feature files"
+            )
+        names[slide_id] = name
+    return names
 
 
 def write_spatialdata(sdata: spatialdata.SpatialData, path: PathLike) -> Path:
@@ -106,7 +129,9 @@ def write_spatialdata(sdata: spatialdata.SpatialData, path: PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    sdata.write(tmp)
+    with warnings.catch_warnings():  # zarr's note on a future default, not on this store
+        warnings.filterwarnings("ignore", message="zarr v3 autosharding")
+        sdata.write(tmp)
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
@@ -189,13 +214,13 @@ def _thumbnail(rgb: np.ndarray, downsample: float, systems: dict[str, float]) ->
     )
 
 
-def _table(adata: anndata.AnnData) -> anndata.AnnData:
-    """The features AnnData annotating each slide's ``{slide_id}_tiles`` shapes."""
+def _table(adata: anndata.AnnData, names: dict[str, str]) -> anndata.AnnData:
+    """The features AnnData annotating each slide's ``{S}_tiles`` shapes."""
     from spatialdata.models import TableModel
 
-    regions = [f"{s}_tiles" for s in adata.obs["slide_id"].cat.categories]
+    regions = [f"{names[s]}_tiles" for s in adata.obs["slide_id"].cat.categories]
     adata.obs[REGION_KEY] = pd.Categorical(
-        [f"{s}_tiles" for s in adata.obs["slide_id"]], categories=regions
+        [f"{names[s]}_tiles" for s in adata.obs["slide_id"]], categories=regions
     )
     adata.uns["wsi"]["obs_columns"] = list(adata.obs.columns)
     if not np.isfinite(adata.obsm["spatial_um"]).all():
