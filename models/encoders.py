@@ -46,7 +46,7 @@ from models.cpu import keep_large_allocations
 from models.device import Precision, ResolvedPrecision, autocast, resolve_device, resolve_precision
 from models.device import cpu_has_native_bf16 as cpu_has_native_bf16  # re-exported
 from models.errors import EncoderWeightsError, HubUnavailableError, UnknownEncoderError
-from models.foundation import PRESETS, ClsMeanPool, FoundationPreset
+from models.foundation import PRESETS, ClsMeanPool, ConchVisionTower, FoundationPreset
 from models.foundation_keys import fit_position_embedding, to_timm_keys
 from models.frozen import freeze_for_cpu
 from models.fusion import fold_batchnorm
@@ -692,10 +692,13 @@ def _preset_encoder(preset: FoundationPreset, weights: Weights) -> Encoder:
     sha: str | None = None
     source = RANDOM_WEIGHTS
     if path is not None:
-        state = to_timm_keys(load_state_dict(path), preset.key_layout)
-        target = module.vit if isinstance(module, ClsMeanPool) else module
+        checkpoint = load_state_dict(path)
+        state = to_timm_keys(checkpoint, preset.key_layout)
+        target = module.vit if isinstance(module, ClsMeanPool | ConchVisionTower) else module
         fit_position_embedding(state, target)
         load_weights_into(target, state, str(path), ignore_prefixes=("head", "mask_token"))
+        if isinstance(module, ConchVisionTower):
+            load_weights_into(module.head(), module.head_state(checkpoint), str(path))
         sha = sha256_file(path)
         source = str(path.resolve()) if weights is not None else f"hf-hub:{preset.hub_repo}"
     _warn_licence(preset)

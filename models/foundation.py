@@ -15,7 +15,11 @@ CONCH's open_clip checkpoint are renamed to timm's keys on loading
 encoder's provenance (so in each feature file), :func:`encoder_cards` lists them, and loading
 a non-commercial one warns once per process.
 
-Sources, per preset, are the model cards on huggingface.co (cited in ``source``).
+Sources, per preset, are the model cards on huggingface.co (cited in ``source``). Licences
+were checked against the cards on 2026-12-03 (``docs/how-to/encoders.md`` lists which could be
+confirmed). ``non_commercial`` is True for a non-commercial licence and also for weights
+whose access terms attest research use (Virchow, Prov-GigaPath): use by a company needs
+the authors' agreement either way.
 """
 
 from __future__ import annotations
@@ -63,8 +67,11 @@ class FoundationPreset:
     """Model card the settings come from."""
     timm_kwargs: Mapping[str, Any] = field(default_factory=dict)
     pooling: str = "cls"
-    """``cls`` (class token after the final norm) or ``cls+mean`` (class token
-    concatenated with the mean of the patch tokens, registers left out: 2 x width)."""
+    """``cls`` (class token after the final norm), ``cls+mean`` (class token
+    concatenated with the mean of the patch tokens, registers left out: 2 x width), or
+    CONCH's attentional pooler over the tokens: ``conch`` (512-d, before the contrastive
+    projection) and ``conch+proj`` (projected and L2-normalised: the space of its text
+    tower); see :class:`ConchVisionTower`."""
     interpolation: str = "bicubic"
     crop_pct: float = 1.0
     hub_files: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
@@ -80,10 +87,12 @@ class FoundationPreset:
     def build_module(self) -> nn.Module:
         """The architecture with random weights, on the current default device (use
         ``with torch.device("meta"):`` to check shapes without allocating)."""
-        pool = "" if self.pooling == "cls+mean" else "token"
+        pool = "token" if self.pooling == "cls" else ""
         vit = timm.create_model(
             self.arch, pretrained=False, num_classes=0, global_pool=pool, **self.timm_kwargs
         )
+        if self.pooling.startswith("conch"):
+            return ConchVisionTower(vit, project=self.pooling == "conch+proj")
         return ClsMeanPool(vit) if self.pooling == "cls+mean" else vit
 
 
@@ -100,6 +109,76 @@ class ClsMeanPool(nn.Module):
         tokens = self.vit.forward_features(x)
         patches = tokens[:, self.vit.num_prefix_tokens :]
         return torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1)
+
+
+CONCH_EMBED_DIM = 512
+"""Width of CONCH's image embedding (its attentional pooler's output and projection)."""
+
+
+class ConchAttentionalPooler(nn.Module):
+    """CONCH's contrastive pooler: ``n_queries`` learned queries attend over the trunk's
+    tokens (multi-head attention, keys and values of the trunk's width). Hand-written (the
+    wiring only; the attention is torch's) because CONCH's code is not on PyPI and open_clip
+    is a heavy dependency; tensor names are those of its checkpoint, pinned in
+    ``tests/test_foundation.py`` against the attention written out by hand."""
+
+    def __init__(self, d_model: int, context_dim: int, n_head: int = 8, n_queries: int = 1):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(n_queries, d_model))
+        self.attn = nn.MultiheadAttention(
+            d_model, n_head, kdim=context_dim, vdim=context_dim, batch_first=True
+        )
+        self.ln_q = nn.LayerNorm(d_model)
+        self.ln_k = nn.LayerNorm(context_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, L, context_dim)`` → pooled ``(B, n_queries, d_model)``."""
+        keys = self.ln_k(tokens)
+        queries = self.ln_q(self.query).unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        return self.attn(queries, keys, keys, need_weights=False)[0]
+
+
+class ConchVisionTower(nn.Module):
+    """CONCH's image encoder: the ViT-B/16 trunk's tokens (after its final norm), pooled
+    by :class:`ConchAttentionalPooler` and layer-normed, as its
+    ``encode_image(img, proj_contrast=False, normalize=False)`` (512-d, the embedding its
+    authors give for linear probes and MIL); with ``project=True`` then multiplied by the
+    contrastive projection and L2-normalised, as ``encode_image(img)`` (the space of CONCH's
+    text tower, for zero-shot use)."""
+
+    def __init__(self, vit: nn.Module, *, project: bool = False) -> None:
+        super().__init__()
+        self.vit = vit
+        self.project = project
+        self.attn_pool_contrast = ConchAttentionalPooler(CONCH_EMBED_DIM, vit.embed_dim)
+        self.ln_contrast = nn.LayerNorm(CONCH_EMBED_DIM)
+        self.proj_contrast = nn.Parameter(
+            torch.randn(CONCH_EMBED_DIM, CONCH_EMBED_DIM) * vit.embed_dim**-0.5
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, S, S)`` → ``(B, 512)``."""
+        pooled = self.ln_contrast(self.attn_pool_contrast(self.vit.forward_features(x))[:, 0])
+        if not self.project:
+            return pooled
+        return nn.functional.normalize(pooled @ self.proj_contrast, dim=-1)
+
+    def head_state(self, checkpoint: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The pooler's, norm's and projection's tensors of a CONCH checkpoint
+        (``visual.attn_pool_contrast.*``, ``visual.ln_contrast.*``, ``visual.proj_contrast``)
+        under this module's names (the trunk's come from :mod:`models.foundation_keys`)."""
+        prefixes = ("visual.attn_pool_contrast.", "visual.ln_contrast.", "visual.proj_contrast")
+        return {
+            k.removeprefix("visual."): v for k, v in checkpoint.items() if k.startswith(prefixes)
+        }
+
+    def head(self) -> nn.Module:
+        """This module without its trunk (what :meth:`head_state` fills)."""
+        parts = nn.Module()
+        parts.attn_pool_contrast = self.attn_pool_contrast
+        parts.ln_contrast = self.ln_contrast
+        parts.proj_contrast = self.proj_contrast
+        return parts
 
 
 def _p(name: str, arch: str, dim: int, **kw: Any) -> FoundationPreset:
@@ -161,7 +240,7 @@ PRESETS: dict[str, FoundationPreset] = {
             input_size=224,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
-            licence="Apache-2.0 + gated non-commercial terms",
+            licence="Apache-2.0 + gated terms (research use attested)",
             non_commercial=True,
             hub_repo="paige-ai/Virchow",
             source="https://huggingface.co/paige-ai/Virchow",
@@ -218,7 +297,7 @@ PRESETS: dict[str, FoundationPreset] = {
             input_size=224,
             mean=HOPTIMUS_MEAN,
             std=HOPTIMUS_STD,
-            licence="Bioptimus licence (non-commercial)",
+            licence="CC-BY-NC-ND-4.0",
             non_commercial=True,
             hub_repo="bioptimus/H-optimus-1",
             source="https://huggingface.co/bioptimus/H-optimus-1",
@@ -263,8 +342,8 @@ PRESETS: dict[str, FoundationPreset] = {
             input_size=224,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
-            licence="Apache-2.0 (research use per card)",
-            non_commercial=False,
+            licence="Apache-2.0 + gated terms (research use only)",
+            non_commercial=True,
             hub_repo="prov-gigapath/prov-gigapath",
             source="https://huggingface.co/prov-gigapath/prov-gigapath",
             timm_kwargs={
@@ -276,12 +355,14 @@ PRESETS: dict[str, FoundationPreset] = {
             crop_pct=224 / 256,
             hub_files=("pytorch_model.bin",),
         ),
-        # huggingface.co/MahmoodLab/CONCH: the vision tower's ViT-B/16 trunk at 448 px,
-        # CLIP mean/std; its class token (768-d), not the 512-d contrastive projection
+        # huggingface.co/MahmoodLab/CONCH (github.com/mahmoodlab/CONCH): the vision tower,
+        # ViT-B/16 trunk at 448 px, CLIP mean/std, tokens → attentional pooler → LayerNorm:
+        # encode_image(proj_contrast=False, normalize=False), 512-d, the README's embedding
+        # for linear probes and MIL (and TRIDENT's conch_v1)
         _p(
             "conch_v1",
             "vit_base_patch16_224",
-            768,
+            CONCH_EMBED_DIM,
             input_size=448,
             mean=CLIP_MEAN,
             std=CLIP_STD,
@@ -289,7 +370,26 @@ PRESETS: dict[str, FoundationPreset] = {
             non_commercial=True,
             hub_repo="MahmoodLab/CONCH",
             source="https://huggingface.co/MahmoodLab/CONCH",
-            timm_kwargs={"img_size": 448},
+            timm_kwargs={"img_size": 448, "dynamic_img_size": True},
+            pooling="conch",
+            hub_files=("pytorch_model.bin",),
+            key_layout="conch",
+        ),
+        # the same, then the contrastive projection and L2 norm: encode_image(img), 512-d,
+        # comparable with CONCH's text embeddings (zero-shot)
+        _p(
+            "conch_v1_contrast",
+            "vit_base_patch16_224",
+            CONCH_EMBED_DIM,
+            input_size=448,
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            licence="CC-BY-NC-ND-4.0",
+            non_commercial=True,
+            hub_repo="MahmoodLab/CONCH",
+            source="https://huggingface.co/MahmoodLab/CONCH",
+            timm_kwargs={"img_size": 448, "dynamic_img_size": True},
+            pooling="conch+proj",
             hub_files=("pytorch_model.bin",),
             key_layout="conch",
         ),

@@ -6,7 +6,8 @@ and CONCH's open_clip checkpoint name the same tensors differently from timm, an
 The mapping is pinned in ``tests/test_foundation.py`` by running a timm ViT on tensors
 written out in each layout.
 
-Layouts: ``timm`` (as is), ``conch`` (the ``visual.trunk.`` part), ``hf-vit`` (ViTModel:
+Layouts: ``timm`` (as is), ``conch`` (the ``visual.trunk.`` part; its pooler and projection
+load through :meth:`models.foundation.ConchVisionTower.head_state`), ``hf-vit`` (ViTModel:
 Phikon) and ``hf-dinov2`` (Dinov2Model, with or without registers, GELU or SwiGLU MLP:
 Phikon-v2, Hibou, Midnight).
 """

@@ -11,7 +11,13 @@ from torch import nn
 
 from models.encoders import RANDOM_WEIGHTS, Encoder, _preset_encoder, load_encoder
 from models.errors import HubUnavailableError
-from models.foundation import PRESETS, ClsMeanPool, FoundationPreset, encoder_cards
+from models.foundation import (
+    PRESETS,
+    ClsMeanPool,
+    ConchVisionTower,
+    FoundationPreset,
+    encoder_cards,
+)
 from models.foundation_keys import fit_position_embedding, to_timm_keys
 from wsi.cli import main
 
@@ -30,11 +36,29 @@ DOCUMENTED = {
     "h_optimus_1": (1536, 224, HOPT, 1.0, True),
     "phikon": (768, 224, IMAGENET, 1.0, True),
     "phikon_v2": (1024, 224, IMAGENET, 1.0, True),
-    "prov_gigapath": (1536, 224, IMAGENET, 224 / 256, False),
-    "conch_v1": (768, 448, CLIP, 1.0, True),
+    "prov_gigapath": (1536, 224, IMAGENET, 224 / 256, True),
+    "conch_v1": (512, 448, CLIP, 1.0, True),
+    "conch_v1_contrast": (512, 448, CLIP, 1.0, True),
     "hibou_b": (768, 224, HIBOU, 1.0, False),
     "hibou_l": (1024, 224, HIBOU, 1.0, False),
     "midnight": (3072, 224, ((0.5,) * 3, (0.5,) * 3), 1.0, False),
+}
+# licences as the model cards state them (checked 2026-12-03; see docs/how-to/encoders.md)
+LICENCES = {
+    "uni": "CC-BY-NC-ND-4.0",
+    "uni2_h": "CC-BY-NC-ND-4.0",
+    "virchow": "Apache-2.0 + gated terms (research use attested)",
+    "virchow2": "CC-BY-NC-ND-4.0",
+    "h_optimus_0": "Apache-2.0",
+    "h_optimus_1": "CC-BY-NC-ND-4.0",
+    "phikon": "Owkin non-commercial licence",
+    "phikon_v2": "Owkin non-commercial licence",
+    "prov_gigapath": "Apache-2.0 + gated terms (research use only)",
+    "conch_v1": "CC-BY-NC-ND-4.0",
+    "conch_v1_contrast": "CC-BY-NC-ND-4.0",
+    "hibou_b": "Apache-2.0",
+    "hibou_l": "Apache-2.0",
+    "midnight": "MIT",
 }
 # published parameter counts (millions) of the tile encoders, ±2 %
 PARAMETERS_M = {
@@ -48,7 +72,9 @@ PARAMETERS_M = {
     "hibou_b": 86,
     "hibou_l": 304,
     "midnight": 1134,
-    "conch_v1": 86,
+    # CONCH: the 86 M ViT-B/16 trunk plus the attentional pooler and projection (1.6 M)
+    "conch_v1": 87.6,
+    "conch_v1_contrast": 87.6,
 }
 
 
@@ -58,6 +84,9 @@ def test_every_preset_has_the_documented_preprocessing_and_licence():
         p = PRESETS[name]
         assert (p.feature_dim, p.input_size, p.mean, p.std) == (width, size, mean, std), name
         assert p.crop_pct == pytest.approx(crop) and p.non_commercial is nc, name
+        assert p.licence == LICENCES[name], name
+        # a CC-BY-NC or "non-commercial" licence is always flagged
+        assert p.non_commercial or not ("NC" in p.licence or "non-commercial" in p.licence)
     cards = {c.name: c for c in encoder_cards(["efficientnet_lite0", "mine"])}
     assert cards["virchow2"].feature_dim == 2560 and cards["virchow2"].non_commercial
     assert cards["mine"].licence == "unknown" and cards["efficientnet_lite0"].feature_dim == 1280
@@ -307,3 +336,64 @@ def test_feature_file_records_a_non_commercial_licence(tmp_path):
         assert f["features"].shape == (TISSUE_TILES, 64)
         encoder = json.loads(f.attrs["provenance"])["encoder"]
     assert encoder["licence"] == "CC-BY-NC-ND-4.0" and encoder["non_commercial"] is True
+
+
+def _conch_by_hand(tower: ConchVisionTower, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CONCH's encode_image written out with its checkpoint's tensors: the trunk's normed
+    tokens, 8-head attention of the learned query over them (separate q/k/v projections,
+    keys and values of the trunk's width), LayerNorm; then projection and L2 norm."""
+    f = nn.functional
+    s = {k: v.detach() for k, v in tower.state_dict().items()}
+    p = "attn_pool_contrast."
+    tokens = tower.vit.forward_features(x)
+    keys = f.layer_norm(tokens, (tokens.shape[-1],), s[p + "ln_k.weight"], s[p + "ln_k.bias"])
+    query = f.layer_norm(s[p + "query"], (512,), s[p + "ln_q.weight"], s[p + "ln_q.bias"])
+    bq, bk, bv = s[p + "attn.in_proj_bias"].chunk(3)
+    q = query @ s[p + "attn.q_proj_weight"].T + bq  # (1, 512)
+    k = keys @ s[p + "attn.k_proj_weight"].T + bk  # (B, L, 512)
+    v = keys @ s[p + "attn.v_proj_weight"].T + bv
+    heads = []
+    for h in range(8):
+        part = slice(64 * h, 64 * (h + 1))
+        weights = torch.softmax(k[..., part] @ q[0, part] / 8.0, dim=-1)  # (B, L)
+        heads.append(torch.einsum("bl,bld->bd", weights, v[..., part]))
+    out = torch.cat(heads, dim=-1) @ s[p + "attn.out_proj.weight"].T + s[p + "attn.out_proj.bias"]
+    pooled = f.layer_norm(out, (512,), s["ln_contrast.weight"], s["ln_contrast.bias"])
+    return pooled, f.normalize(pooled @ s["proj_contrast"], dim=-1)
+
+
+@pytest.mark.parametrize("name", ["conch_v1", "conch_v1_contrast"])
+def test_conch_gives_its_512d_image_embedding_from_its_checkpoint(name, tmp_path):
+    """A CONCH-layout checkpoint (trunk, contrastive pooler, projection, and the caption
+    pooler and text tower it also holds) loads into the preset, which then gives
+    encode_image(proj_contrast=False, normalize=False) (conch_v1) or encode_image()
+    (conch_v1_contrast)."""
+    tiny = dict(img_size=32, embed_dim=32, depth=2, num_heads=2, dynamic_img_size=True)
+    preset = dataclasses.replace(PRESETS[name], input_size=32, timm_kwargs=tiny)
+    torch.manual_seed(0)
+    source = preset.build_module().eval()
+    with torch.no_grad():
+        for t in source.parameters():
+            t.add_(torch.randn_like(t) * 0.05)
+    checkpoint = {
+        ("visual.trunk." + k[4:] if k.startswith("vit.") else "visual." + k): v
+        for k, v in source.state_dict().items()
+    } | {
+        "visual.attn_pool_caption.query": torch.randn(256, 768),
+        "visual.ln_caption.weight": torch.ones(768),
+        "text.token_embedding.weight": torch.randn(10, 768),
+        "logit_scale": torch.tensor(1.0),
+    }
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(checkpoint, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the non-commercial licence warning
+        encoder = _preset_encoder(preset, path)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        got = encoder.module(x)
+        pooled, projected = _conch_by_hand(source, x)
+    assert got.shape == (3, 512) and encoder.feature_dim == 512
+    torch.testing.assert_close(got, projected if name == "conch_v1_contrast" else pooled)
+    if name == "conch_v1_contrast":
+        torch.testing.assert_close(got.norm(dim=-1), torch.ones(3))

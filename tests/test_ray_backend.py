@@ -84,6 +84,28 @@ def test_ray_writes_what_the_local_backend_writes(ray_cluster, archive, tmp_path
     assert (tmp_path / "ray/features/tiny/a.h5").stat().st_mtime_ns == stamp
 
 
+def test_stain_normalisation_on_ray_fits_each_slide_as_locally(ray_cluster, archive, tmp_path):
+    """--stain-normalize with --ray: each task fits its slide's stains on its first batch, as
+    the local runner does, so files, fits and features are the local run's."""
+    import json
+
+    slides = [archive / "a.tiff", archive / "b.svs"]
+    kw = dict(encoder=tiny_encoders.tiny_encoder(), batch_size=4, progress=False)
+    plain = embed_archive(slides, tmp_path / "plain", workers=0, **kw)
+    local = embed_archive(slides, tmp_path / "local", workers=0, stain="macenko", **kw)
+    on_ray = embed_archive(slides, tmp_path / "ray", backend="ray", stain="macenko", **kw)
+    assert [r["status"] for r in plain + local + on_ray] == ["ok"] * 6
+    for sid in "ab":
+        ray_file, local_file = (tmp_path / f"{run}/features/tiny/{sid}.h5" for run in ("ray", "local"))
+        _same_h5(ray_file, local_file)
+        with h5py.File(ray_file) as f, h5py.File(local_file) as g, \
+                h5py.File(tmp_path / f"plain/features/tiny/{sid}.h5") as p:
+            fit = json.loads(f.attrs["provenance"])["stain"]
+            assert fit == json.loads(g.attrs["provenance"])["stain"]
+            assert fit["method"] == "macenko" and fit["pixels"] > 100_000
+            assert np.abs(f["features"][()] - p["features"][()]).max() > 0.1  # normalised
+
+
 def test_a_killed_worker_is_retried_then_given_up(ray_cluster, archive, tmp_path):
     slides = [archive / "a.tiff", archive / "b.svs"]
     reference = embed_archive(slides, tmp_path / "ref", encoder=tiny_encoders.tiny_encoder(),

@@ -314,7 +314,8 @@ def _finish(rows: list[dict], out: Path) -> int:
 
 
 def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
-    """``wsi export anndata|qupath|tiles``: our outputs for scanpy, QuPath and other tools."""
+    """``wsi export anndata|spatialdata|qupath|tiles``: our outputs for scanpy, SpatialData,
+    QuPath and other tools."""
     group = sub.add_parser("export", help="to scanpy/squidpy (.h5ad), QuPath (GeoJSON), tile images")
     verbs = group.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
 
@@ -333,6 +334,23 @@ def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
                         "in the feature files' provenance)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_export_anndata)
+
+    p = verbs.add_parser("spatialdata", help="tiles as shapes, thumbnails and features as a "
+                                             "SpatialData .zarr (needs wsi[spatial])")
+    p.add_argument("--features", required=True, nargs="+", type=Path,
+                   help="OUT/features/<encoder> folder(s) of one encoder")
+    p.add_argument("--out", required=True, type=Path, help="the .zarr folder")
+    p.add_argument("--shape", default="square", choices=["square", "circle"],
+                   help="tiles as squares (default) or circles one tile wide")
+    p.add_argument("--thumbnail-px", type=int, default=1200,
+                   help="long side of each slide's image (default %(default)s px)")
+    p.add_argument("--tme", type=Path, default=None, help="a `wsi tme profile` output folder")
+    p.add_argument("--labels", type=Path, default=None, help="labels CSV (slide_id, ...)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="RUN/model.pt: attention")
+    p.add_argument("--slides", nargs="+", default=None, metavar="SLIDES",
+                   help="slide files, folders or globs for the thumbnails")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export_spatialdata)
 
     p = verbs.add_parser("qupath", help="per slide a GeoJSON of tiles (and nuclei) for QuPath")
     p.add_argument("--features", required=True, nargs="+", type=Path,
@@ -372,6 +390,17 @@ def cmd_export_anndata(args: argparse.Namespace) -> int:
     path = export_anndata(args.features, args.out, tme=args.tme, labels=args.labels,
                           checkpoint=args.checkpoint, level=args.level, slides=args.slides,
                           progress=not args.quiet)
+    print(f"-> {path}")
+    return EXIT_OK
+
+
+def cmd_export_spatialdata(args: argparse.Namespace) -> int:
+    """``wsi export spatialdata``: one SpatialData .zarr of a features folder."""
+    from wsi.export import export_spatialdata
+
+    path = export_spatialdata(args.features, args.out, tme=args.tme, labels=args.labels,
+                              checkpoint=args.checkpoint, slides=args.slides, shape=args.shape,
+                              thumbnail_px=args.thumbnail_px, progress=not args.quiet)
     print(f"-> {path}")
     return EXIT_OK
 

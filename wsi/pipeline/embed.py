@@ -149,10 +149,6 @@ def run_embedding(
     settings.check()
     if backend not in ("local", "ray"):
         raise InvalidParameterError(f"backend must be 'local' or 'ray', got {backend!r}")
-    if backend == "ray" and settings.stain:
-        raise InvalidParameterError(
-            "stain normalisation runs with the local backend only; drop --stain-normalize "
-            "or run without --ray")
     if backend == "ray":
         import_ray()
     settings.check_encoder()
