@@ -358,7 +358,7 @@ PRESETS: dict[str, FoundationPreset] = {
         # huggingface.co/MahmoodLab/CONCH (github.com/mahmoodlab/CONCH): the vision tower,
         # ViT-B/16 trunk at 448 px, CLIP mean/std, tokens → attentional pooler → LayerNorm:
         # encode_image(proj_contrast=False, normalize=False), 512-d, the README's embedding
-        # for linear probes and MIL (and TRIDENT's conch_v1)
+        # for linear probes and MIL
         _p(
             "conch_v1",
             "vit_base_patch16_224",

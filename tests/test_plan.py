@@ -43,3 +43,24 @@ def test_an_unreadable_slide_is_left_to_its_step(tmp_path):
 
     plan = plan_slides([tmp_path / "gone.svs"], raising)
     assert plan.todo == (0,) and plan.rows == {}
+
+
+def test_a_file_of_another_width_than_the_preset_is_embedded_again(tmp_path, monkeypatch):
+    """Same name, weights and tiling, but the preset's output width changed (CONCH's 768-d
+    token became its 512-d image embedding): the old file is not reused."""
+    from types import SimpleNamespace
+
+    import models.foundation
+
+    a = write_reference_slide(tmp_path / "a.tiff", 0.5, texture=12.0)
+    out = tmp_path / "out"
+    settings = EmbedSettings(encoder="tiny", workers=0, progress=False)
+    embed_archive([a], out, encoder="tiny", workers=0, progress=False)
+    assert plan_embedding([a], out, settings).todo == ()
+    assert settings.expected_feature_dim() is None  # not a preset: known only once loaded
+
+    width = EmbedSettings(encoder="tiny").load_encoder().feature_dim
+    monkeypatch.setitem(models.foundation.PRESETS, "tiny", SimpleNamespace(feature_dim=width))
+    assert plan_embedding([a], out, settings).todo == ()
+    monkeypatch.setitem(models.foundation.PRESETS, "tiny", SimpleNamespace(feature_dim=width + 1))
+    assert plan_embedding([a], out, settings).todo == (0,)

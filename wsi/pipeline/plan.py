@@ -120,7 +120,7 @@ def features_done_row(
 ) -> Row | None:
     """The row of a slide whose ``features/{encoder}/{id}.h5`` has the provenance key
     ``key`` (None: computed from the slide and ``weights_key``), or None (to do: missing,
-    damaged, different key, or ``settings.skip_done`` off)."""
+    damaged, different key or feature width, or ``settings.skip_done`` off)."""
     target = settings.features_path(out_dir, slide_id_of(path))
     if not settings.skip_done or not target.exists():
         return None
@@ -129,7 +129,10 @@ def features_done_row(
         prov = read_provenance(target)
         if prov is None or prov.get("embed_key") != key:
             return None
-        return _done_row(path, prov, len(FeatureBag(target)))
+        bag = FeatureBag(target)
+        if settings.expected_feature_dim() not in (None, bag.feature_dim):
+            return None
+        return _done_row(path, prov, len(bag))
     except FeatureFileError:
         return None  # a damaged file: embed the slide again
 

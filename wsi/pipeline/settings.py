@@ -126,6 +126,18 @@ class EmbedSettings:
         """The encoder's name (an ``Encoder`` object's ``name``)."""
         return self.encoder if isinstance(self.encoder, str) else self.encoder.name
 
+    def expected_feature_dim(self) -> int | None:
+        """The width the encoder writes, known without loading it (an ``Encoder`` object or a
+        foundation preset), else None. A stored file of another width is embedded again: a
+        preset whose output changed (CONCH: 768-d token → 512-d image embedding) keeps its
+        name and weights."""
+        if not isinstance(self.encoder, str):
+            return int(self.encoder.feature_dim)
+        from models.foundation import PRESETS
+
+        preset = PRESETS.get(self.encoder)
+        return None if preset is None else int(preset.feature_dim)
+
     def features_dir(self, out_dir: str | os.PathLike[str]) -> Path:
         """``out_dir/features/{encoder}``."""
         return Path(out_dir) / "features" / encoder_dirname(self.encoder_name)
