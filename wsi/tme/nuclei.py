@@ -113,57 +113,104 @@ def hematoxylin(rgb: np.ndarray) -> np.ndarray:
 
 def _threshold(h: np.ndarray, params: NucleusParams) -> float:
     """The tile's nucleus threshold on hematoxylin: Otsu × scale, never below ``min_od``."""
-    from skimage.filters import threshold_otsu
-
     if float(h.max()) - float(h.min()) < 1e-6:
         return math.inf
-    return max(float(threshold_otsu(h)) * params.threshold_scale, params.min_od)
+    return max(otsu_level(h) * params.threshold_scale, params.min_od)
+
+
+def otsu_level(image: np.ndarray, nbins: int = 256) -> float:
+    """``skimage.filters.threshold_otsu(image)`` with the histogram counted by ``np.bincount``.
+
+    scikit-image bins a float image with ``np.histogram`` (a sort-based path, ~4x slower on
+    a tile); the same 256 bins over [min, max] counted here are handed to its ``hist=``, so
+    the level is scikit-image's up to values on a bin edge (tests pin it to one bin width).
+    """
+    from skimage.filters import threshold_otsu
+
+    low, high = float(image.min()), float(image.max())
+    if high - low <= 0:
+        return low
+    scaled = (image.ravel().astype(np.float64) - low) * (nbins / (high - low))
+    counts = np.bincount(np.minimum(scaled.astype(np.intp), nbins - 1), minlength=nbins)
+    centres = low + (np.arange(nbins) + 0.5) * ((high - low) / nbins)
+    return float(threshold_otsu(hist=(counts, centres)))
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` with every background region that does not touch the border filled."""
     from scipy import ndimage
 
-    background, _ = ndimage.label(~mask)
-    edge = np.unique(
-        np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
-    )
-    return mask | ~np.isin(background, edge)
+    background, n = ndimage.label(~mask)
+    edge = np.zeros(n + 1, bool)
+    edge[background[0]] = edge[background[-1]] = True
+    edge[background[:, 0]] = edge[background[:, -1]] = True
+    return mask | ~edge[background]
 
 
-def _foreground(h: np.ndarray, level: float, mpp: float, params: NucleusParams) -> np.ndarray:
-    """Boolean nucleus mask: above ``level`` or locally dark (see :class:`NucleusParams`),
-    holes filled, specks and bridges thinner than 1 µm gone."""
-    from scipy import ndimage
+def binary_opening(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``scipy.ndimage.binary_opening(mask, skimage.morphology.disk(radius))``, as shifted
+    ANDs then ORs of the padded mask (one array operation per footprint pixel: ~5x faster
+    than scipy's generic binary erosion for these small discs; tests pin it to scipy's)."""
     from skimage.morphology import disk
+
+    offsets = np.argwhere(disk(radius))
+    rows, cols = mask.shape
+
+    def combine(image: np.ndarray, reduce) -> np.ndarray:
+        padded = np.pad(image, radius)
+        (y0, x0), rest = offsets[0], offsets[1:]
+        out = padded[y0 : y0 + rows, x0 : x0 + cols].copy()
+        for dy, dx in rest:
+            reduce(out, padded[dy : dy + rows, dx : dx + cols], out=out)
+        return out
+
+    return combine(combine(mask, np.logical_and), np.logical_or)
+
+
+def _foreground(
+    h: np.ndarray, level: float, mpp: float, params: NucleusParams
+) -> tuple[np.ndarray, int]:
+    """Connected nucleus components (int32 labels, 0 = background) and the largest label:
+    above ``level`` or locally dark (see :class:`NucleusParams`), holes filled, specks and
+    bridges thinner than 1 µm opened away, components under ``min_area_um2`` dropped."""
+    from scipy import ndimage
 
     surround = ndimage.uniform_filter(h, size=max(3, round(params.local_um / mpp)))
     local = (h > params.local_floor * level) & (h > params.local_contrast * surround)
-    mask = _fill_holes((h > level) | local)
-    mask = ndimage.binary_opening(mask, disk(max(1, round(0.5 / mpp))))
+    mask = binary_opening(_fill_holes((h > level) | local), max(1, round(0.5 / mpp)))
     labels, n = ndimage.label(mask)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = sizes * mpp**2 >= params.min_area_um2
+    keep = np.bincount(labels.ravel(), minlength=n + 1) * mpp**2 >= params.min_area_um2
     keep[0] = False
-    return keep[labels]
+    return np.where(keep[labels], labels, 0).astype(np.int32), n
 
 
-def _split(mask: np.ndarray, mpp: float, params: NucleusParams) -> np.ndarray:
+def _split(components: np.ndarray, n: int, mpp: float, params: NucleusParams) -> np.ndarray:
     """Label image (int32) with touching nuclei split by a watershed on the distance map.
 
     Seeds are the local maxima of the smoothed distance to the background within a square of
     half-side ``seed_um / 2`` (a flat top counts once), so two nuclei whose centres are at least
-    ``seed_um`` apart get a seed each.
+    ``seed_um`` apart get a seed each. Only components with two seeds or more are flooded
+    (the watershed is the costly step); the others are one nucleus each, as they are.
     """
     from scipy import ndimage
     from skimage.segmentation import watershed
 
-    distance = ndimage.distance_transform_edt(mask)
+    mask = components > 0
+    distance = ndimage.distance_transform_edt(mask).astype(np.float32)
     distance = ndimage.gaussian_filter(distance, sigma=max(0.5, 0.5 / mpp))
     size = 2 * max(1, round(params.seed_um / 2 / mpp)) + 1
     peaks = mask & (distance >= ndimage.maximum_filter(distance, size=size))
-    markers, _ = ndimage.label(peaks)
-    return watershed(-distance, markers, mask=mask).astype(np.int32)
+    markers, n_markers = ndimage.label(peaks)
+    owner = np.zeros(n_markers + 1, np.int64)
+    owner[markers[peaks]] = components[peaks]
+    crowded = np.bincount(owner[1:], minlength=n + 1) >= 2
+    crowded[0] = False
+    if not crowded.any():
+        return components
+    shared = crowded[components]
+    seeds = np.where(crowded[owner][markers], markers, 0)
+    split = watershed(-distance, seeds, mask=shared)
+    return np.where(shared, split + n * (split > 0), components).astype(np.int32)
 
 
 def _measure(labels: np.ndarray, h: np.ndarray, mpp: float) -> pd.DataFrame:
@@ -266,10 +313,10 @@ def detect_nuclei(
 
         h = ndimage.gaussian_filter(h, sigma=params.smooth_um / mpp)
     level = _threshold(h, params)
-    mask = _foreground(h, level, mpp, params)
-    if not mask.any():
+    components, n = _foreground(h, level, mpp, params)
+    if not components.any():
         return empty_table()
-    labels = _split(mask, mpp, params)
+    labels = _split(components, n, mpp, params)
     table = _measure(labels, h, mpp)
     table = table[table["area_um2"].between(params.min_area_um2, params.max_area_um2)]
     table = table.assign(lymphocyte=_lymphocyte_like(table, labels, level, params))
