@@ -184,6 +184,19 @@ def _foreground(
     return np.where(keep[labels], labels, 0).astype(np.int32), n
 
 
+def octagonal_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance (px, float32) of each ``mask`` pixel to the background: the mean of the
+    city-block and chessboard chamfer distances (an octagonal metric, within 8% of the
+    Euclidean one), two ``ndimage.distance_transform_cdt`` passes that together cost about
+    half of one ``distance_transform_edt`` on a tile; the watershed seeds only need its
+    maxima."""
+    from scipy import ndimage
+
+    taxicab = ndimage.distance_transform_cdt(mask, "taxicab")
+    chessboard = ndimage.distance_transform_cdt(mask, "chessboard")
+    return (taxicab + chessboard).astype(np.float32) * 0.5
+
+
 def _split(components: np.ndarray, n: int, mpp: float, params: NucleusParams) -> np.ndarray:
     """Label image (int32) with touching nuclei split by a watershed on the distance map.
 
@@ -196,7 +209,7 @@ def _split(components: np.ndarray, n: int, mpp: float, params: NucleusParams) ->
     from skimage.segmentation import watershed
 
     mask = components > 0
-    distance = ndimage.distance_transform_edt(mask).astype(np.float32)
+    distance = octagonal_distance(mask)
     distance = ndimage.gaussian_filter(distance, sigma=max(0.5, 0.5 / mpp))
     size = 2 * max(1, round(params.seed_um / 2 / mpp)) + 1
     peaks = mask & (distance >= ndimage.maximum_filter(distance, size=size))
@@ -208,14 +221,19 @@ def _split(components: np.ndarray, n: int, mpp: float, params: NucleusParams) ->
     if not crowded.any():
         return components
     shared = crowded[components]
-    seeds = np.where(crowded[owner][markers], markers, 0)
-    split = watershed(-distance, seeds, mask=shared)
-    return np.where(shared, split + n * (split > 0), components).astype(np.int32)
+    rows, cols = np.flatnonzero(shared.any(axis=1)), np.flatnonzero(shared.any(axis=0))
+    box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    seeds = np.where(crowded[owner][markers[box]], markers[box], 0)
+    labels = components.copy()
+    split = watershed(-distance[box], seeds, mask=shared[box])
+    labels[box] = np.where(shared[box], split + n * (split > 0), components[box])
+    return labels
 
 
-def _measure(labels: np.ndarray, h: np.ndarray, mpp: float) -> pd.DataFrame:
+def _measure(labels: np.ndarray, h: np.ndarray, mpp: float) -> dict[str, np.ndarray]:
     """Per-nucleus label, centre (px), area (µm²), roundness, mean hematoxylin and its
-    coefficient of variation (``texture``).
+    coefficient of variation (``texture``): one array per name (plain arrays, not a
+    DataFrame: pandas' per-call overhead is a measurable share of a tile).
 
     Image moments by label sums (one pass, no per-object Python loop); roundness is the
     minor ÷ major axis of the ellipse with the same second moments (1 for a disc).
@@ -238,47 +256,84 @@ def _measure(labels: np.ndarray, h: np.ndarray, mpp: float) -> pd.DataFrame:
     values = h[ys, xs].astype(np.float64)
     mean = total(values) / count
     spread = np.sqrt(np.maximum(total(values**2) / count - mean**2, 0))
-    return pd.DataFrame(
-        {
-            "label": np.arange(1, n)[present],
-            "x": cx[present],
-            "y": cy[present],
-            "area_um2": (count * mpp**2)[present],
-            "roundness": np.sqrt(minor / np.maximum(major, 1e-12))[present],
-            "darkness": mean[present],
-            "texture": (spread / np.maximum(mean, 1e-12))[present],
-        }
-    )
+    return {
+        "label": np.arange(1, n)[present],
+        "x": cx[present],
+        "y": cy[present],
+        "area_um2": (count * mpp**2)[present],
+        "roundness": np.sqrt(minor / np.maximum(major, 1e-12))[present],
+        "darkness": mean[present],
+        "texture": (spread / np.maximum(mean, 1e-12))[present],
+    }
 
 
 def _lymphocyte_like(
-    table: pd.DataFrame, labels: np.ndarray, level: float, params: NucleusParams
+    table: dict[str, np.ndarray], labels: np.ndarray, level: float, params: NucleusParams
 ) -> np.ndarray:
     """Small, round, dark relative to the tile's nucleus threshold ``level``, homogeneous,
     and solid (convex): solidity is measured only on the nuclei that pass the rest."""
     low, high = params.lymph_area_um2
+    area = table["area_um2"]
     like = (
-        table["area_um2"].between(low, high).to_numpy()
-        & (table["roundness"].to_numpy() >= params.lymph_roundness)
-        & (table["darkness"].to_numpy() >= params.lymph_darkness * level)
-        & (table["texture"].to_numpy() <= params.lymph_texture)
+        (area >= low)
+        & (area <= high)
+        & (table["roundness"] >= params.lymph_roundness)
+        & (table["darkness"] >= params.lymph_darkness * level)
+        & (table["texture"] <= params.lymph_texture)
     )
     if like.any():
-        from scipy import ndimage
-
-        boxes = ndimage.find_objects(labels)
-        for i in np.flatnonzero(like):
-            label = int(table["label"].iat[i])
-            like[i] = _solidity(labels[boxes[label - 1]] == label) >= params.lymph_solidity
+        candidates = table["label"][like]
+        like[like] = solidities(labels, candidates) >= params.lymph_solidity
     return like
 
 
-def _solidity(nucleus: np.ndarray) -> float:
-    """Area ÷ convex-hull area of one nucleus (a boolean crop): ``regionprops``' solidity,
-    computed the same way but without building a region object for every nucleus."""
-    from skimage.morphology import convex_hull_image
+HULL_DIRECTIONS = 256
+"""Edge directions of the polygon :func:`solidities` takes for the convex hull."""
 
-    return float(nucleus.sum() / convex_hull_image(nucleus).sum())
+
+def solidities(labels: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """Area ÷ convex-hull area (``regionprops`` solidity) of the objects ``which`` (distinct
+    labels of connected objects in ``labels``), all at once (float64, one per label).
+
+    Hand-written because scikit-image builds each object's hull with Qhull (~0.3 ms an
+    object, the slowest step on a tile full of lymphocytes). Here the hull is the polygon
+    of the :data:`HULL_DIRECTIONS` half-planes that touch the object's pixel-edge midpoints
+    (the points ``regionprops`` hulls), found from each row's end pixels, and the hull area
+    counts the pixel centres inside it, row by row, as ``regionprops`` does. The polygon
+    contains the exact hull and differs from it only in slivers at its corners: the
+    solidities agree with ``regionprops`` within 0.01 (pinned in tests).
+    """
+    which = np.asarray(which)
+    if len(which) and np.any(np.diff(which) <= 0):
+        order = np.argsort(which)
+        result = np.empty(len(which))
+        result[order] = solidities(labels, which[order])
+        return result
+    wanted = np.zeros(int(labels.max()) + 1, bool)
+    wanted[which] = True
+    ys, xs = np.nonzero(wanted[labels])
+    obj = np.searchsorted(which, labels[ys, xs])
+    order = np.lexsort((xs, ys, obj))
+    ys, xs, obj = ys[order], xs[order], obj[order]
+    # one run per (object, row): its first and last pixel are the row's ends
+    first = np.flatnonzero(np.r_[True, (obj[1:] != obj[:-1]) | (ys[1:] != ys[:-1])])
+    last = np.r_[first[1:], len(ys)] - 1
+    run_obj, run_y = obj[first], ys[first].astype(np.float64)
+    starts = np.flatnonzero(np.r_[True, run_obj[1:] != run_obj[:-1]])
+    angle = np.arange(HULL_DIRECTIONS) * (2 * np.pi / HULL_DIRECTIONS)
+    cos, sin = np.cos(angle), np.sin(angle)
+    reach = np.maximum(
+        np.maximum.reduceat(np.outer(xs[first], cos) + np.outer(run_y, sin), starts),
+        np.maximum.reduceat(np.outer(xs[last], cos) + np.outer(run_y, sin), starts),
+    ) + 0.5 * np.maximum(np.abs(cos), np.abs(sin))  # the pixel-edge midpoints
+    # on row y the polygon spans x·cos ≤ reach − y·sin over every direction with cos ≠ 0
+    bound = (reach[run_obj] - np.outer(run_y, sin))[:, np.abs(cos) > 1e-9]
+    cos = cos[np.abs(cos) > 1e-9]
+    right = (bound[:, cos > 0] / cos[cos > 0]).min(axis=1)
+    left = (bound[:, cos < 0] / cos[cos < 0]).max(axis=1)
+    width = np.maximum(np.floor(right + 1e-9) - np.ceil(left - 1e-9) + 1, 0)
+    hull = np.bincount(run_obj, width, minlength=len(which))
+    return np.bincount(obj, minlength=len(which)) / hull
 
 
 def empty_table() -> pd.DataFrame:
@@ -318,9 +373,11 @@ def detect_nuclei(
         return empty_table()
     labels = _split(components, n, mpp, params)
     table = _measure(labels, h, mpp)
-    table = table[table["area_um2"].between(params.min_area_um2, params.max_area_um2)]
-    table = table.assign(lymphocyte=_lymphocyte_like(table, labels, level, params))
-    return table.loc[:, list(COLUMNS)].reset_index(drop=True)
+    area = table["area_um2"]
+    keep = (area >= params.min_area_um2) & (area <= params.max_area_um2)
+    table = {name: values[keep] for name, values in table.items()}
+    table["lymphocyte"] = _lymphocyte_like(table, labels, level, params)
+    return pd.DataFrame({name: table[name] for name in COLUMNS})
 
 
 def nuclei_summary(nuclei: pd.DataFrame, *, area_mm2: float) -> dict[str, float]:
