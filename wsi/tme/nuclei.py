@@ -130,7 +130,7 @@ def otsu_level(image: np.ndarray, nbins: int = 256) -> float:
     low, high = float(image.min()), float(image.max())
     if high - low <= 0:
         return low
-    scaled = (image.ravel().astype(np.float64) - low) * (nbins / (high - low))
+    scaled = (image.ravel() - np.float32(low)) * np.float32(nbins / (high - low))
     counts = np.bincount(np.minimum(scaled.astype(np.intp), nbins - 1), minlength=nbins)
     centres = low + (np.arange(nbins) + 0.5) * ((high - low) / nbins)
     return float(threshold_otsu(hist=(counts, centres)))
@@ -181,7 +181,8 @@ def _foreground(
     labels, n = ndimage.label(mask)
     keep = np.bincount(labels.ravel(), minlength=n + 1) * mpp**2 >= params.min_area_um2
     keep[0] = False
-    return np.where(keep[labels], labels, 0).astype(np.int32), n
+    labels *= keep[labels]
+    return labels, n
 
 
 def octagonal_distance(mask: np.ndarray) -> np.ndarray:
