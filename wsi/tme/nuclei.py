@@ -113,62 +113,128 @@ def hematoxylin(rgb: np.ndarray) -> np.ndarray:
 
 def _threshold(h: np.ndarray, params: NucleusParams) -> float:
     """The tile's nucleus threshold on hematoxylin: Otsu × scale, never below ``min_od``."""
-    from skimage.filters import threshold_otsu
-
     if float(h.max()) - float(h.min()) < 1e-6:
         return math.inf
-    return max(float(threshold_otsu(h)) * params.threshold_scale, params.min_od)
+    return max(otsu_level(h) * params.threshold_scale, params.min_od)
+
+
+def otsu_level(image: np.ndarray, nbins: int = 256) -> float:
+    """``skimage.filters.threshold_otsu(image)`` with the histogram counted by ``np.bincount``.
+
+    scikit-image bins a float image with ``np.histogram`` (a sort-based path, ~4x slower on
+    a tile); the same 256 bins over [min, max] counted here are handed to its ``hist=``, so
+    the level is scikit-image's up to values on a bin edge (tests pin it to one bin width).
+    """
+    from skimage.filters import threshold_otsu
+
+    low, high = float(image.min()), float(image.max())
+    if high - low <= 0:
+        return low
+    scaled = (image.ravel() - np.float32(low)) * np.float32(nbins / (high - low))
+    counts = np.bincount(np.minimum(scaled.astype(np.intp), nbins - 1), minlength=nbins)
+    centres = low + (np.arange(nbins) + 0.5) * ((high - low) / nbins)
+    return float(threshold_otsu(hist=(counts, centres)))
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` with every background region that does not touch the border filled."""
     from scipy import ndimage
 
-    background, _ = ndimage.label(~mask)
-    edge = np.unique(
-        np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
-    )
-    return mask | ~np.isin(background, edge)
+    background, n = ndimage.label(~mask)
+    edge = np.zeros(n + 1, bool)
+    edge[background[0]] = edge[background[-1]] = True
+    edge[background[:, 0]] = edge[background[:, -1]] = True
+    return mask | ~edge[background]
 
 
-def _foreground(h: np.ndarray, level: float, mpp: float, params: NucleusParams) -> np.ndarray:
-    """Boolean nucleus mask: above ``level`` or locally dark (see :class:`NucleusParams`),
-    holes filled, specks and bridges thinner than 1 µm gone."""
-    from scipy import ndimage
+def binary_opening(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``scipy.ndimage.binary_opening(mask, skimage.morphology.disk(radius))``, as shifted
+    ANDs then ORs of the padded mask (one array operation per footprint pixel: ~5x faster
+    than scipy's generic binary erosion for these small discs; tests pin it to scipy's)."""
     from skimage.morphology import disk
+
+    offsets = np.argwhere(disk(radius))
+    rows, cols = mask.shape
+
+    def combine(image: np.ndarray, reduce) -> np.ndarray:
+        padded = np.pad(image, radius)
+        (y0, x0), rest = offsets[0], offsets[1:]
+        out = padded[y0 : y0 + rows, x0 : x0 + cols].copy()
+        for dy, dx in rest:
+            reduce(out, padded[dy : dy + rows, dx : dx + cols], out=out)
+        return out
+
+    return combine(combine(mask, np.logical_and), np.logical_or)
+
+
+def _foreground(
+    h: np.ndarray, level: float, mpp: float, params: NucleusParams
+) -> tuple[np.ndarray, int]:
+    """Connected nucleus components (int32 labels, 0 = background) and the largest label:
+    above ``level`` or locally dark (see :class:`NucleusParams`), holes filled, specks and
+    bridges thinner than 1 µm opened away, components under ``min_area_um2`` dropped."""
+    from scipy import ndimage
 
     surround = ndimage.uniform_filter(h, size=max(3, round(params.local_um / mpp)))
     local = (h > params.local_floor * level) & (h > params.local_contrast * surround)
-    mask = _fill_holes((h > level) | local)
-    mask = ndimage.binary_opening(mask, disk(max(1, round(0.5 / mpp))))
+    mask = binary_opening(_fill_holes((h > level) | local), max(1, round(0.5 / mpp)))
     labels, n = ndimage.label(mask)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = sizes * mpp**2 >= params.min_area_um2
+    keep = np.bincount(labels.ravel(), minlength=n + 1) * mpp**2 >= params.min_area_um2
     keep[0] = False
-    return keep[labels]
+    labels *= keep[labels]
+    return labels, n
 
 
-def _split(mask: np.ndarray, mpp: float, params: NucleusParams) -> np.ndarray:
+def octagonal_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance (px, float32) of each ``mask`` pixel to the background: the mean of the
+    city-block and chessboard chamfer distances (an octagonal metric, within 8% of the
+    Euclidean one), two ``ndimage.distance_transform_cdt`` passes that together cost about
+    half of one ``distance_transform_edt`` on a tile; the watershed seeds only need its
+    maxima."""
+    from scipy import ndimage
+
+    taxicab = ndimage.distance_transform_cdt(mask, "taxicab")
+    chessboard = ndimage.distance_transform_cdt(mask, "chessboard")
+    return (taxicab + chessboard).astype(np.float32) * 0.5
+
+
+def _split(components: np.ndarray, n: int, mpp: float, params: NucleusParams) -> np.ndarray:
     """Label image (int32) with touching nuclei split by a watershed on the distance map.
 
     Seeds are the local maxima of the smoothed distance to the background within a square of
     half-side ``seed_um / 2`` (a flat top counts once), so two nuclei whose centres are at least
-    ``seed_um`` apart get a seed each.
+    ``seed_um`` apart get a seed each. Only components with two seeds or more are flooded
+    (the watershed is the costly step); the others are one nucleus each, as they are.
     """
     from scipy import ndimage
     from skimage.segmentation import watershed
 
-    distance = ndimage.distance_transform_edt(mask)
+    mask = components > 0
+    distance = octagonal_distance(mask)
     distance = ndimage.gaussian_filter(distance, sigma=max(0.5, 0.5 / mpp))
     size = 2 * max(1, round(params.seed_um / 2 / mpp)) + 1
     peaks = mask & (distance >= ndimage.maximum_filter(distance, size=size))
-    markers, _ = ndimage.label(peaks)
-    return watershed(-distance, markers, mask=mask).astype(np.int32)
+    markers, n_markers = ndimage.label(peaks)
+    owner = np.zeros(n_markers + 1, np.int64)
+    owner[markers[peaks]] = components[peaks]
+    crowded = np.bincount(owner[1:], minlength=n + 1) >= 2
+    crowded[0] = False
+    if not crowded.any():
+        return components
+    shared = crowded[components]
+    rows, cols = np.flatnonzero(shared.any(axis=1)), np.flatnonzero(shared.any(axis=0))
+    box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    seeds = np.where(crowded[owner][markers[box]], markers[box], 0)
+    labels = components.copy()
+    split = watershed(-distance[box], seeds, mask=shared[box])
+    labels[box] = np.where(shared[box], split + n * (split > 0), components[box])
+    return labels
 
 
-def _measure(labels: np.ndarray, h: np.ndarray, mpp: float) -> pd.DataFrame:
+def _measure(labels: np.ndarray, h: np.ndarray, mpp: float) -> dict[str, np.ndarray]:
     """Per-nucleus label, centre (px), area (µm²), roundness, mean hematoxylin and its
-    coefficient of variation (``texture``).
+    coefficient of variation (``texture``): one array per name (plain arrays, not a
+    DataFrame: pandas' per-call overhead is a measurable share of a tile).
 
     Image moments by label sums (one pass, no per-object Python loop); roundness is the
     minor ÷ major axis of the ellipse with the same second moments (1 for a disc).
@@ -191,47 +257,84 @@ def _measure(labels: np.ndarray, h: np.ndarray, mpp: float) -> pd.DataFrame:
     values = h[ys, xs].astype(np.float64)
     mean = total(values) / count
     spread = np.sqrt(np.maximum(total(values**2) / count - mean**2, 0))
-    return pd.DataFrame(
-        {
-            "label": np.arange(1, n)[present],
-            "x": cx[present],
-            "y": cy[present],
-            "area_um2": (count * mpp**2)[present],
-            "roundness": np.sqrt(minor / np.maximum(major, 1e-12))[present],
-            "darkness": mean[present],
-            "texture": (spread / np.maximum(mean, 1e-12))[present],
-        }
-    )
+    return {
+        "label": np.arange(1, n)[present],
+        "x": cx[present],
+        "y": cy[present],
+        "area_um2": (count * mpp**2)[present],
+        "roundness": np.sqrt(minor / np.maximum(major, 1e-12))[present],
+        "darkness": mean[present],
+        "texture": (spread / np.maximum(mean, 1e-12))[present],
+    }
 
 
 def _lymphocyte_like(
-    table: pd.DataFrame, labels: np.ndarray, level: float, params: NucleusParams
+    table: dict[str, np.ndarray], labels: np.ndarray, level: float, params: NucleusParams
 ) -> np.ndarray:
     """Small, round, dark relative to the tile's nucleus threshold ``level``, homogeneous,
     and solid (convex): solidity is measured only on the nuclei that pass the rest."""
     low, high = params.lymph_area_um2
+    area = table["area_um2"]
     like = (
-        table["area_um2"].between(low, high).to_numpy()
-        & (table["roundness"].to_numpy() >= params.lymph_roundness)
-        & (table["darkness"].to_numpy() >= params.lymph_darkness * level)
-        & (table["texture"].to_numpy() <= params.lymph_texture)
+        (area >= low)
+        & (area <= high)
+        & (table["roundness"] >= params.lymph_roundness)
+        & (table["darkness"] >= params.lymph_darkness * level)
+        & (table["texture"] <= params.lymph_texture)
     )
     if like.any():
-        from scipy import ndimage
-
-        boxes = ndimage.find_objects(labels)
-        for i in np.flatnonzero(like):
-            label = int(table["label"].iat[i])
-            like[i] = _solidity(labels[boxes[label - 1]] == label) >= params.lymph_solidity
+        candidates = table["label"][like]
+        like[like] = solidities(labels, candidates) >= params.lymph_solidity
     return like
 
 
-def _solidity(nucleus: np.ndarray) -> float:
-    """Area ÷ convex-hull area of one nucleus (a boolean crop): ``regionprops``' solidity,
-    computed the same way but without building a region object for every nucleus."""
-    from skimage.morphology import convex_hull_image
+HULL_DIRECTIONS = 256
+"""Edge directions of the polygon :func:`solidities` takes for the convex hull."""
 
-    return float(nucleus.sum() / convex_hull_image(nucleus).sum())
+
+def solidities(labels: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """Area ÷ convex-hull area (``regionprops`` solidity) of the objects ``which`` (distinct
+    labels of connected objects in ``labels``), all at once (float64, one per label).
+
+    Hand-written because scikit-image builds each object's hull with Qhull (~0.3 ms an
+    object, the slowest step on a tile full of lymphocytes). Here the hull is the polygon
+    of the :data:`HULL_DIRECTIONS` half-planes that touch the object's pixel-edge midpoints
+    (the points ``regionprops`` hulls), found from each row's end pixels, and the hull area
+    counts the pixel centres inside it, row by row, as ``regionprops`` does. The polygon
+    contains the exact hull and differs from it only in slivers at its corners: the
+    solidities agree with ``regionprops`` within 0.01 (pinned in tests).
+    """
+    which = np.asarray(which)
+    if len(which) and np.any(np.diff(which) <= 0):
+        order = np.argsort(which)
+        result = np.empty(len(which))
+        result[order] = solidities(labels, which[order])
+        return result
+    wanted = np.zeros(int(labels.max()) + 1, bool)
+    wanted[which] = True
+    ys, xs = np.nonzero(wanted[labels])
+    obj = np.searchsorted(which, labels[ys, xs])
+    order = np.lexsort((xs, ys, obj))
+    ys, xs, obj = ys[order], xs[order], obj[order]
+    # one run per (object, row): its first and last pixel are the row's ends
+    first = np.flatnonzero(np.r_[True, (obj[1:] != obj[:-1]) | (ys[1:] != ys[:-1])])
+    last = np.r_[first[1:], len(ys)] - 1
+    run_obj, run_y = obj[first], ys[first].astype(np.float64)
+    starts = np.flatnonzero(np.r_[True, run_obj[1:] != run_obj[:-1]])
+    angle = np.arange(HULL_DIRECTIONS) * (2 * np.pi / HULL_DIRECTIONS)
+    cos, sin = np.cos(angle), np.sin(angle)
+    reach = np.maximum(
+        np.maximum.reduceat(np.outer(xs[first], cos) + np.outer(run_y, sin), starts),
+        np.maximum.reduceat(np.outer(xs[last], cos) + np.outer(run_y, sin), starts),
+    ) + 0.5 * np.maximum(np.abs(cos), np.abs(sin))  # the pixel-edge midpoints
+    # on row y the polygon spans x·cos ≤ reach − y·sin over every direction with cos ≠ 0
+    bound = (reach[run_obj] - np.outer(run_y, sin))[:, np.abs(cos) > 1e-9]
+    cos = cos[np.abs(cos) > 1e-9]
+    right = (bound[:, cos > 0] / cos[cos > 0]).min(axis=1)
+    left = (bound[:, cos < 0] / cos[cos < 0]).max(axis=1)
+    width = np.maximum(np.floor(right + 1e-9) - np.ceil(left - 1e-9) + 1, 0)
+    hull = np.bincount(run_obj, width, minlength=len(which))
+    return np.bincount(obj, minlength=len(which)) / hull
 
 
 def empty_table() -> pd.DataFrame:
@@ -266,14 +369,16 @@ def detect_nuclei(
 
         h = ndimage.gaussian_filter(h, sigma=params.smooth_um / mpp)
     level = _threshold(h, params)
-    mask = _foreground(h, level, mpp, params)
-    if not mask.any():
+    components, n = _foreground(h, level, mpp, params)
+    if not components.any():
         return empty_table()
-    labels = _split(mask, mpp, params)
+    labels = _split(components, n, mpp, params)
     table = _measure(labels, h, mpp)
-    table = table[table["area_um2"].between(params.min_area_um2, params.max_area_um2)]
-    table = table.assign(lymphocyte=_lymphocyte_like(table, labels, level, params))
-    return table.loc[:, list(COLUMNS)].reset_index(drop=True)
+    area = table["area_um2"]
+    keep = (area >= params.min_area_um2) & (area <= params.max_area_um2)
+    table = {name: values[keep] for name, values in table.items()}
+    table["lymphocyte"] = _lymphocyte_like(table, labels, level, params)
+    return pd.DataFrame({name: table[name] for name in COLUMNS})
 
 
 def nuclei_summary(nuclei: pd.DataFrame, *, area_mm2: float) -> dict[str, float]:
