@@ -457,19 +457,6 @@ def test_real_green_pen_tiles():
     assert with_ink > 0.85 and without_ink < with_ink - 0.3
 
 
-@pytest.mark.parametrize("radius", [1, 2, 4, 5])
-def test_box_mean_matches_scipy_uniform_filter(radius):
-    from scipy import ndimage as ndi
-
-    from wsi.tissue import _box_mean
-
-    image = np.random.default_rng(radius).random((37, 53), dtype=np.float32)
-    expected = ndi.uniform_filter(image, size=2 * radius + 1, mode="nearest")
-    got = _box_mean(image, radius)
-    assert got.dtype == np.float32 and got.shape == image.shape
-    assert np.abs(got - expected).max() < 1e-6
-
-
 def test_summed_area_table_matches_cumsum():
     array = np.random.default_rng(1).random((41, 67)) < 0.4
     mask = TissueMask(array=array, downsample=8.0, mpp=2.0, level0_size=(67 * 8, 41 * 8))
