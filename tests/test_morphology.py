@@ -18,6 +18,7 @@ from wsi.morphology import (
     open_,
     remove_small_objects,
     summed_area_table,
+    value_counts,
 )
 
 
@@ -110,3 +111,23 @@ def test_summed_area_table_counts_true_pixels():
     assert table.shape == (84, 122) and table.dtype == np.int32
     assert not table[0].any() and not table[:, 0].any()
     assert np.array_equal(table[1:, 1:], mask.cumsum(0).cumsum(1))
+
+
+@pytest.mark.parametrize("dtype, length", [(np.uint8, 256), (np.uint16, 766), (np.uint16, 5)])
+def test_value_counts_equal_bincount(dtype, length):
+    values = np.random.default_rng(length).integers(0, length, (61, 97)).astype(dtype)
+    values[0, :7] = length - 1  # the last bin is counted too
+    got = value_counts(values, length)
+    assert got.dtype == np.int64 and got.shape == (length,)
+    assert np.array_equal(got, np.bincount(values.ravel(), minlength=length))
+
+
+def test_more_components_than_uint16_labels_hold():
+    mask = np.zeros((520, 520), bool)
+    mask[::2, ::2] = True  # 67,600 isolated pixels: past 65,535 uint16 labels
+    assert not remove_small_objects(mask, 2).any()
+    assert np.array_equal(remove_small_objects(mask, 1), mask)
+    holes = ~mask
+    holes[0], holes[-1], holes[:, 0], holes[:, -1] = True, True, True, True
+    filled = fill_small_holes(holes, 2)  # every isolated background pixel inside is a hole
+    assert filled[1:-1, 1:-1].all() and not holes[2:-2:2, 2:-2:2].any()

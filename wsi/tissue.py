@@ -34,6 +34,7 @@ from wsi.morphology import (
     open_,
     remove_small_objects,
     summed_area_table,
+    value_counts,
 )
 from wsi.options import (
     DEFAULT_CLOSE_RADIUS_UM,
@@ -342,7 +343,7 @@ def _white_balanced(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     brightness = cv2.add(
         cv2.add(planes[0], planes[1], dtype=cv2.CV_16U), planes[2], dtype=cv2.CV_16U
     )
-    counts = np.bincount(brightness.ravel(), minlength=766)
+    counts = value_counts(brightness, 766)
     cumulative = np.cumsum(counts)
     cutoff = int(np.searchsorted(cumulative, cumulative[-1] * _GLASS_PERCENTILE / 100.0))
     brightest = (brightness >= cutoff).view(np.uint8)
