@@ -308,6 +308,8 @@ class Slide:
             return _box_reduce(self.read_thumbnail(downsample / k), k, out_w, out_h)
         if abs(scale - 1.0) * max(out_w, out_h) < _NEAR_ONE_DRIFT_PX:
             scale = 1.0  # e.g. a level of downsample 15.9986 read for 32: pixels 1:1, no resize
+        if scale == 1.0 and fast is not None and out_w * out_h <= _STRIP_PIXELS:
+            return fast.read_level_window(level, reduce, 0, 0, out_w, out_h)  # no copy
         read_w = math.ceil(out_w * scale)
         out = np.empty((out_h, out_w, 3), np.uint8)
         if read_w * max(scale, 1.0) <= _STRIP_PIXELS:  # full-width strips
