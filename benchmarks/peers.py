@@ -432,10 +432,24 @@ def measure(
                     print(f"{row}: {c} failed, dropped: {exc}", flush=True)
                     present = [p for p in present if p != c]
         done = summarise(row, {c: r for c, r in runs.items() if r})
-        for line in table_lines(done):  # as each row finishes: a long run shows progress
+        # as each row finishes: a long run shows progress
+        for line in [*round_lines(row, runs), *table_lines(done)]:
             print(line, flush=True)
         table.extend(done)
     return table
+
+
+def round_lines(row: str, runs: dict[str, list[dict]]) -> list[str]:
+    """Each peer's seconds ÷ wsi's, round by round (the spread behind the median)."""
+    if not runs.get("wsi"):
+        return []
+    ours = [r["seconds"] for r in runs["wsi"]]
+    return [
+        f"{row}: {c} ÷ wsi per round: "
+        + ", ".join(f"{r['seconds'] / o:.2f}" for r, o in zip(rs, ours, strict=False))
+        for c, rs in runs.items()
+        if c != "wsi" and rs
+    ]
 
 
 def summarise(row: str, runs: dict[str, list[dict]]) -> list[dict]:

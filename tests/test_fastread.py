@@ -456,3 +456,28 @@ def test_real_aperio_native_tiles_are_the_scanners_pixels(cmu_svs: Path) -> None
                 exact = wsi.tile(slide, mpp=0.5, size=224, mpp_tolerance=0, mask=grid.mask)
                 assert not exact.native and exact.size_level0 == pytest.approx(224.449, abs=1e-3)
                 assert not np.array_equal(exact.read(0), grid.read(0))
+
+
+@pytest.mark.parametrize("flavour", ["tiff", "svs", "tables-rgb"])
+def test_level_window_equals_the_patch_paths_pasted_window(
+    slides: dict[str, Path], flavour: str
+) -> None:
+    """The thumbnail path copies decoded tiles straight into a numpy array; it must give the
+    pixels the patch path pastes into a PIL image, also for windows off the level's edges."""
+    with FastTiffReader.try_open(slides[flavour]) as fast:
+        for level in range(len(fast.level_dimensions)):
+            w, h = fast.level_dimensions[level]
+            for reduce in (1, 2, 8):
+                rw, rh = (w + reduce // 2) // reduce, (h + reduce // 2) // reduce
+                for ix, iy, iw, ih in [
+                    (0, 0, rw, rh),
+                    (-7, -5, rw // 2 + 13, rh // 3 + 9),
+                    (rw - 20, rh - 11, 45, 30),
+                    (rw + 3, 0, 10, 10),
+                    (5, 3, 1, 1),
+                ]:
+                    got = fast.read_level_window(level, reduce, ix, iy, iw, ih)
+                    pasted = np.asarray(fast._window(level, reduce, ix, iy, iw, ih, cache=False))
+                    assert got.shape == (ih, iw, 3) and np.array_equal(got, pasted)
+                    if ix >= rw:
+                        assert (got == 255).all()

@@ -19,6 +19,7 @@ LAYERS = [
     "wsi.options",
     "wsi.store",
     "wsi.viz",
+    "wsi.morphology",
     "wsi.tissue",
     "wsi.tiling",
     "wsi.cohort",

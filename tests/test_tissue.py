@@ -457,22 +457,84 @@ def test_real_green_pen_tiles():
     assert with_ink > 0.85 and without_ink < with_ink - 0.3
 
 
-@pytest.mark.parametrize("radius", [1, 2, 4, 5])
-def test_box_mean_matches_scipy_uniform_filter(radius):
-    from scipy import ndimage as ndi
-
-    from wsi.tissue import _box_mean
-
-    image = np.random.default_rng(radius).random((37, 53), dtype=np.float32)
-    expected = ndi.uniform_filter(image, size=2 * radius + 1, mode="nearest")
-    got = _box_mean(image, radius)
-    assert got.dtype == np.float32 and got.shape == image.shape
-    assert np.abs(got - expected).max() < 1e-6
-
-
 def test_summed_area_table_matches_cumsum():
     array = np.random.default_rng(1).random((41, 67)) < 0.4
     mask = TissueMask(array=array, downsample=8.0, mpp=2.0, level0_size=(67 * 8, 41 * 8))
     expected = np.zeros((42, 68), np.int64)
     expected[1:, 1:] = array.cumsum(0).cumsum(1)
     assert np.array_equal(mask._integral, expected)
+
+
+def _reference_mask(rgb: np.ndarray, mpp: float) -> np.ndarray:
+    """The default tissue rule written with numpy, scipy.ndimage and scikit-image (what
+    wsi/tissue.py computed before it moved to OpenCV), to pin the OpenCV version to."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import disk, remove_small_objects
+
+    from wsi import tissue as t
+    from wsi.options import TissueOptions
+
+    opts = TissueOptions()
+    planes = [rgb[..., c] for c in range(3)]
+    brightness = planes[0].astype(np.uint16) + planes[1] + planes[2]
+    cumulative = np.cumsum(np.bincount(brightness.ravel(), minlength=766))
+    brightest = brightness >= int(np.searchsorted(cumulative, cumulative[-1] * 0.99))
+    glass = np.array([p[brightest].mean() for p in planes]) / 255.0
+    if glass.min() < 0.6 or (glass.max() - glass.min()) / glass.max() > 0.08:
+        glass = np.ones(3)
+    r, g, b = (
+        np.minimum(p * np.float32(1 / (255.0 * w)), np.float32(1))
+        for p, w in zip(planes, glass, strict=True)
+    )
+    value = np.maximum(np.maximum(r, g), b)
+    chroma = value - np.minimum(np.minimum(r, g), b)
+    saturation = np.divide(chroma, value, out=np.zeros_like(chroma), where=value > 0)
+    saturation = ndi.uniform_filter(saturation, 2 * round(8 / mpp) + 1, mode="nearest")
+    dark = value < t.DARK_VALUE
+    green_ink = (saturation > t.MIN_SATURATION_THRESHOLD) & (g > r) & (g >= b)
+    blue_ink = (saturation > t.BLUE_PEN_MIN_SATURATION) & (b > g) & (g >= r)
+    pen = green_ink | blue_ink | dark
+
+    def opened(m, radius):
+        fp = disk(radius).astype(bool)
+        return ndi.binary_dilation(ndi.binary_erosion(m, fp, border_value=1), fp)
+
+    def closed(m, radius):
+        fp = disk(radius).astype(bool)
+        return ndi.binary_erosion(ndi.binary_dilation(m, fp), fp, border_value=1)
+
+    pen = opened(pen, round(24 / mpp))
+    sample = saturation[::2, ::2][~(pen | dark)[::2, ::2]]
+    counts = np.bincount((sample * 255 + 0.5).astype(np.uint8), minlength=256)
+    otsu = threshold_otsu(hist=(counts, np.arange(256) / 255.0))
+    threshold = min(max(otsu, t.MIN_SATURATION_THRESHOLD), t.MAX_SATURATION_THRESHOLD)
+    raw = ((saturation > threshold) | dark) & ~pen
+    pen = ndi.binary_dilation(pen, disk(round(16 / mpp)).astype(bool))
+    mask = opened(closed(raw, round(opts.close_radius_um / mpp)), round(opts.open_radius_um / mpp))
+    labels, _ = ndi.label(~mask)
+    fill = np.bincount(labels.ravel()) < opts.min_hole_area_um2 / mpp**2
+    fill[0] = False
+    fill[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+    mask = (mask | fill[labels]) & ~pen
+    return remove_small_objects(
+        mask, max_size=opts.min_tissue_area_um2 / mpp**2 - 1, connectivity=2
+    )
+
+
+@pytest.mark.parametrize("pen", [None, "green", "blue", "black"])
+def test_mask_equals_the_scipy_reference_pipeline(pen):
+    rgb = _tissue_rgb(pen=pen, seed=3)
+    rng = np.random.default_rng(4)
+    # specks (removed), a dark fold (kept), small holes in tissue (filled), a tinted glass
+    for _ in range(40):
+        y, x = rng.integers(0, rgb.shape[0] - 8), rng.integers(0, rgb.shape[1] - 8)
+        rgb[y : y + rng.integers(2, 8), x : x + rng.integers(2, 8)] = PINK
+    rgb[300:312, 300:420] = (40, 30, 50)
+    rgb[400:440, 400:440] = GLASS
+    rgb = np.clip(rgb[::2, ::2].astype(np.int16) - (4, 0, 6), 0, 255).astype(np.uint8)
+    mpp = MPP * SCALE * 2  # 4 µm/px: radii of 1 to 6 px, min areas of 1,250 px
+    expected = _reference_mask(rgb, mpp)
+    got = tissue_mask_from_rgb(rgb, mpp=mpp)
+    assert 0.2 < expected.mean() < 0.6
+    assert np.array_equal(got, expected), np.count_nonzero(got != expected)

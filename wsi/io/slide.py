@@ -308,6 +308,23 @@ class Slide:
             return _box_reduce(self.read_thumbnail(downsample / k), k, out_w, out_h)
         if abs(scale - 1.0) * max(out_w, out_h) < _NEAR_ONE_DRIFT_PX:
             scale = 1.0  # e.g. a level of downsample 15.9986 read for 32: pixels 1:1, no resize
+        if scale == 1.0 and fast is not None and out_w * out_h <= _STRIP_PIXELS:
+            return fast.read_level_window(level, reduce, 0, 0, out_w, out_h)  # no copy
+        return self._thumbnail_in_blocks(fast, level, reduce, scale, out_w, out_h)
+
+    def _thumbnail_in_blocks(
+        self,
+        fast: FastTiffReader | None,
+        level: int,
+        reduce: int,
+        scale: float,
+        out_w: int,
+        out_h: int,
+    ) -> np.ndarray:
+        """:meth:`read_thumbnail`'s pixels read block by block (at most ~16 M level pixels
+        at once) from ``level`` decoded at 1/``reduce``, ``scale`` read pixels per output
+        pixel, each block box-resampled unless ``scale`` is 1."""
+        lds = self.level_downsamples[level]
         read_w = math.ceil(out_w * scale)
         out = np.empty((out_h, out_w, 3), np.uint8)
         if read_w * max(scale, 1.0) <= _STRIP_PIXELS:  # full-width strips
