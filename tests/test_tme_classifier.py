@@ -209,6 +209,16 @@ def test_mixed_tile_sizes_are_resampled_with_a_warning(tmp_path):
     assert abs(pixels[2].mean(axis=(0, 1)) - COLOURS["STR"]).max() < 6
 
 
+def test_a_flat_folder_is_labelled_by_its_own_labels_csv(tmp_path):
+    """How the shared CRC tiles ship: images side by side and a labels.csv (file,label)."""
+    for i, name in enumerate(("TUM", "STR", "TUM")):
+        Image.fromarray(colour_tile(COLOURS[name], i, 48)).save(tmp_path / f"t{i}.png")
+    (tmp_path / "labels.csv").write_text("file,label,source\nt0.png,TUM,x\nt1.png,STR,y\n")
+    tiles = find_tiles(tmp_path)
+    assert [p.name for p in tiles.paths] == ["t0.png", "t1.png"]  # t2 is not in the table
+    assert tiles.labels == ("TUM", "STR") and tiles.labelled
+
+
 def test_cli_train_then_classify_tiles(tmp_path, capsys):
     root = write_class_folders(tmp_path / "train")
     test = write_class_folders(tmp_path / "test", per_class=2, seed=9)

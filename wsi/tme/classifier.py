@@ -304,8 +304,9 @@ def train_tile_classifier(
     tile_set = find_tiles(tiles)
     if not tile_set.labelled:
         raise TileClassifierError(
-            f"{tiles}: the tiles have no classes; put them in one subfolder per class or "
-            "list them in a CSV with columns path,label"
+            f"{tiles}: the tiles have no classes; put them in one subfolder per class, or "
+            "list them in a CSV with columns path,label (a flat folder's own labels.csv is "
+            "read)"
         )
     assign_roles(sorted(set(tile_set.labels)), load_role_map(roles))  # fail before embedding
     pixels = read_tiles(tile_set.paths)

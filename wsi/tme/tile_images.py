@@ -1,7 +1,8 @@
 """Labelled tile images on disk: a folder of class subfolders or a CSV ``path,label``; read as
 uint8 RGB arrays of one size.
 
-A folder is how NCT-CRC-HE-100K ships (``TUM/…png``, ``STR/…png``); a CSV names each image
+A folder is how NCT-CRC-HE-100K ships (``TUM/…png``, ``STR/…png``), or a flat folder with
+its ``labels.csv``; a CSV names each image
 (``path``, ``file`` or ``filename`` column, relative to the CSV's folder) and optionally its
 class (``label`` or ``class`` column).
 """
@@ -21,6 +22,8 @@ from wsi.errors import TileClassifierError
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
 _PATH_COLUMNS = ("path", "file", "filename", "image", "png")
 _LABEL_COLUMNS = ("label", "class")
+LABELS_CSV = "labels.csv"
+"""A flat folder's own label table: used when the folder has no class subfolders."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,9 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def find_tiles(source: str | Path) -> TileSet:
-    """The tiles of a folder (its class subfolders give the labels; images directly in it are
-    unlabelled) or of a CSV. Raises :class:`~wsi.errors.TileClassifierError` for a missing
+    """The tiles of a folder (its class subfolders give the labels; a flat folder with a
+    ``labels.csv`` is read through it; other images directly in it are unlabelled) or of a
+    CSV. Raises :class:`~wsi.errors.TileClassifierError` for a missing
     source, empty class folders (named) or a CSV without a path column."""
     source = Path(source)
     if source.is_file():
@@ -60,6 +64,8 @@ def find_tiles(source: str | Path) -> TileSet:
             "CSV with columns path,label"
         )
     subfolders = sorted(p for p in source.iterdir() if p.is_dir())
+    if not subfolders and (source / LABELS_CSV).is_file():
+        return _from_csv(source / LABELS_CSV)
     if not subfolders:
         paths = _images_in(source)
         return TileSet(tuple(paths), ("",) * len(paths))
