@@ -15,9 +15,9 @@ The encoder alone is measured just before and just after each end-to-end run (th
 the reference), so load changes on a shared machine hit both sides of the ratio.
 
 With ``--read-ahead 2,0`` the end-to-end runs alternate between reading on a thread two
-batches ahead of the encoder (the default without reader processes, see
-``wsi.pipeline.read_ahead``) and reading each batch in the encoding thread; each setting gets
-its own median ratio. ``--precision fp32`` pins the encoder's precision (``auto`` picks bf16
+batches ahead of the encoder (``wsi.pipeline.read_ahead``, opt-in) and reading each batch in
+the encoding thread (the default without reader processes); each setting gets its own
+median ratio. ``--precision fp32`` pins the encoder's precision (``auto`` picks bf16
 on CPUs with AMX/AVX512-BF16).
 
 Usage: python benchmarks/embedding.py [--encoder efficientnet_lite0] [--weights random]

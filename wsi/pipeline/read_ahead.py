@@ -8,6 +8,9 @@ whatever share of the cores the encoder's thread pool leaves (between and inside
 operators). The specs are still drawn from their iterable in the caller's thread, in order
 (the sampler of :mod:`wsi.pipeline.local_runner` records rows and commits slides as it is
 consumed), and the batches come back in spec order.
+
+Opt-in (``wsi.pipeline.local_runner.READ_AHEAD_BATCHES``): on the 2-core machine of
+benchmarks/RESULTS.md it measured no better than reading in the encoding thread.
 """
 
 from __future__ import annotations
