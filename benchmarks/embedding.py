@@ -14,15 +14,12 @@ Prints:
 The encoder alone is measured just before and just after each end-to-end run (their mean is
 the reference), so load changes on a shared machine hit both sides of the ratio.
 
-With ``--read-ahead 2,0`` the end-to-end runs alternate between reading on a thread two
-batches ahead of the encoder (``wsi.pipeline.read_ahead``, opt-in) and reading each batch in
-the encoding thread (the default without reader processes); each setting gets its own
-median ratio. ``--precision fp32`` pins the encoder's precision (``auto`` picks bf16
+``--precision fp32`` pins the encoder's precision (``auto`` picks bf16
 on CPUs with AMX/AVX512-BF16).
 
 Usage: python benchmarks/embedding.py [--encoder efficientnet_lite0] [--weights random]
        [--device cpu|cuda] [--precision auto|fp32|bf16] [--slides 2] [--tiles-side 32]
-       [--small-slides 4] [--batch-size 32] [--repeats 3] [--read-ahead 2,0]
+       [--small-slides 4] [--batch-size 32] [--repeats 3]
        [--skip-rss] [--skip-bf16]
 """
 
@@ -41,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import wsi.pipeline.local_runner as local_runner
 from models.encoders import encoder_from_module, load_encoder
 from wsi.options import TileOptions
 from wsi.pipeline.embed import embed_archive
@@ -93,23 +89,22 @@ def ratio_run(enc, batch: torch.Tensor, slides: Path, out: Path, args) -> tuple[
     assert all(row["status"] == "ok" for row in rows), rows
     tiles = sum(int(row["n_tiles"]) for row in rows)
     alone = (before + after) / 2
-    print(f"  {slides.name} (read ahead {local_runner.READ_AHEAD_BATCHES}): encoder alone "
+    print(f"  {slides.name}: encoder alone "
           f"{alone:.1f} tiles/s, end to end {tiles / seconds:.1f} tiles/s ({tiles} tiles, "
           f"{seconds:.1f} s), ratio {tiles / seconds / alone:.3f}, load {load:.1f}",
           file=sys.stderr)
     return tiles / seconds / alone, seconds - tiles / alone, tiles
 
 
-def report_ratios(ahead: int, big: list, small: list, args) -> None:
-    """Print the median ratios of one read-ahead setting."""
-    how = f"read {ahead} batches ahead on a thread" if ahead else "read in the encoding thread"
-    print(f"end-to-end ÷ encoder-only tiles/s ({how}), {args.slides} resection-sized slides "
+def report_ratios(big: list, small: list, args) -> None:
+    """Print the median ratios over the rounds."""
+    print(f"end-to-end ÷ encoder-only tiles/s, {args.slides} resection-sized slides "
           f"({big[0][2]} tiles from {args.slide_mpp:g} µm/px): "
           f"{statistics.median(r[0] for r in big):.2f} (target >= 0.9; rounds: "
           f"{', '.join(f'{r[0]:.2f}' for r in big)})")
     if small:
         per_slide = statistics.median(r[1] for r in small) / args.small_slides
-        print(f"end-to-end ÷ encoder-only tiles/s ({how}), {args.small_slides} biopsy-sized "
+        print(f"end-to-end ÷ encoder-only tiles/s, {args.small_slides} biopsy-sized "
               f"slides ({small[0][2]} tiles): {statistics.median(r[0] for r in small):.2f}; "
               f"fixed cost {per_slide:.2f} s per slide beyond encoding its tiles")
 
@@ -143,9 +138,6 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="a weights file, or 'random'")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto", help="auto, fp32 or bf16")
-    ap.add_argument("--read-ahead", default=str(local_runner.READ_AHEAD_BATCHES),
-                    help="batches read ahead on a thread without reader processes; a comma "
-                    "list (2,0) alternates the settings in every round")
     ap.add_argument("--slides", type=int, default=2, help="resection-sized slides")
     ap.add_argument("--tiles-side", type=int, default=36,
                     help="their tissue ellipse spans this many tiles across (~0.8 x this² tiles)")
@@ -179,18 +171,11 @@ def main() -> None:
             rng.integers(0, 255, (args.batch_size, 224, 224, 3), dtype=np.uint8)
         )
         encoder_only(enc, batch, 3.0)  # warm-up: thread pools, allocator
-        aheads = [int(v) for v in args.read_ahead.split(",")]
-        big: dict[int, list] = {a: [] for a in aheads}
-        small: dict[int, list] = {a: [] for a in aheads}
-        prec = []
+        big, small, prec = [], [], []
         for r in range(args.repeats):
-            for ahead in aheads:
-                local_runner.READ_AHEAD_BATCHES = ahead
-                big[ahead].append(
-                    ratio_run(enc, batch, tmp / "resections", tmp / f"out{r}_{ahead}", args))
-                if args.small_slides:
-                    small[ahead].append(
-                        ratio_run(enc, batch, biopsies, tmp / f"out_small{r}_{ahead}", args))
+            big.append(ratio_run(enc, batch, tmp / "resections", tmp / f"out{r}", args))
+            if args.small_slides:
+                small.append(ratio_run(enc, batch, biopsies, tmp / f"out_small{r}", args))
             if bf16 is not None:
                 prec.append(encoder_only(bf16, batch, 5.0) / encoder_only(fp32, batch, 5.0))
         from wsi.pipeline.loader import default_workers
@@ -199,8 +184,7 @@ def main() -> None:
         print(f"encoder {args.encoder} ({enc.precision}) batch {args.batch_size}, "
               f"{workers} reader worker(s), torch threads {torch.get_num_threads()}, "
               f"median of {args.repeats}")
-        for ahead in aheads:
-            report_ratios(ahead, big[ahead], small[ahead], args)
+        report_ratios(big, small, args)
         if prec:
             print(f"bf16 ÷ fp32 encoder throughput: {statistics.median(prec):.2f}")
         if not args.skip_rss:

@@ -20,13 +20,11 @@ import numpy as np
 
 from models.defaults import DEFAULT_ENCODER
 from wsi.io.slide import Slide
-from wsi.pipeline import local_runner
 from wsi.pipeline.batch import find_slides
 from wsi.pipeline.loader import BatchSpec, patch_loader
 from wsi.pipeline.local_runner import run_local
 from wsi.pipeline.plan import Plan, features_done_row, plan_slides
 from wsi.pipeline.ray_runner import RayOptions, import_ray, run_on_ray
-from wsi.pipeline.read_ahead import ReadAhead
 from wsi.pipeline.settings import EmbedSettings, encoder_dirname, resolve_encoder
 from wsi.store.manifest import Manifest
 from wsi.tiling import TileGrid, TileOptions
@@ -63,12 +61,8 @@ def embed(
 
     enc = resolve_encoder(encoder, weights, device, precision)
     out = np.empty((len(grid), enc.feature_dim), np.float32)
-    specs, pin = BatchSpec.batches(0, grid, batch_size), enc.device.type == "cuda"
-    ahead = local_runner.READ_AHEAD_BATCHES
-    loader = (  # local_runner.READ_AHEAD_BATCHES > 0: reads on a thread ahead of the encoder
-        ReadAhead(specs, ahead, pin_memory=pin)
-        if workers == 0 and ahead > 0
-        else patch_loader(specs, workers, pin_memory=pin)
+    loader = patch_loader(
+        BatchSpec.batches(0, grid, batch_size), workers, pin_memory=enc.device.type == "cuda"
     )
     with tqdm(total=len(grid), desc=slide.slide_id, unit="tile", disable=not progress) as bar:
         for batch in loader:

@@ -24,7 +24,6 @@ import numpy as np
 from wsi.pipeline.batch import RowRecorder, clean_output_folder, failed_row, failure_message
 from wsi.pipeline.loader import BatchSpec, PatchBatch, patch_loader
 from wsi.pipeline.plan import Plan, features_done_row, slides_in_turn
-from wsi.pipeline.read_ahead import ReadAhead
 from wsi.pipeline.settings import EmbedSettings
 from wsi.pipeline.tile import provenance, tile_slide, write_qc
 from wsi.store.folder import FileLock
@@ -33,11 +32,6 @@ from wsi.store.manifest import Manifest, manifest_row
 from wsi.tiling import TileGrid
 
 _LOOKAHEAD_SLIDES = 2
-READ_AHEAD_BATCHES = 0
-"""With no reader processes: 0 reads each batch in the encoding thread (the default: on the
-2-core machine of benchmarks/RESULTS.md a read-ahead thread measured no better, the encoder's
-two threads already fill both cores); N > 0 reads on a thread N batches ahead of the encoder
-(see :mod:`wsi.pipeline.read_ahead`, e.g. ``DEFAULT_BATCHES_AHEAD``)."""
 Row = dict[str, Any]
 
 
@@ -217,8 +211,8 @@ class LocalRunner:
     def _show(self, job: _SlideJob) -> None:
         if self._current != job.index and self._tile_bar is not None:
             self._current = job.index
+            self._tile_bar.set_description(job.slide_id[:30], refresh=False)
             self._tile_bar.reset(total=job.n_tiles)
-            self._tile_bar.set_description(job.slide_id[:30])
 
     def _encode(self, job: _SlideJob, batch: PatchBatch) -> None:
         """Encode one batch into the slide's feature file; note its undecodable tiles."""
@@ -316,13 +310,8 @@ class LocalRunner:
         self._tile_bar = tqdm(desc="tiles", unit="tile", disable=not self.settings.progress,
                               position=1, leave=False, dynamic_ncols=True)
         pin = self.settings.encoder_device(self._encoder).type == "cuda"
-        workers = self.settings.reader_workers(self._encoder)
-        specs = self._specs(list(items))
-        loader: Iterable[PatchBatch] = (
-            ReadAhead(specs, READ_AHEAD_BATCHES, pin_memory=pin)
-            if workers == 0 and READ_AHEAD_BATCHES > 0
-            else patch_loader(specs, workers, pin_memory=pin)
-        )
+        loader = patch_loader(self._specs(list(items)),
+                              self.settings.reader_workers(self._encoder), pin_memory=pin)
         try:
             for batch in loader:
                 self._consume(batch)
