@@ -185,6 +185,20 @@ def _p(name: str, arch: str, dim: int, **kw: Any) -> FoundationPreset:
     return FoundationPreset(name=name, arch=arch, feature_dim=dim, **kw)
 
 
+_CONCH: dict[str, Any] = {
+    "input_size": 448,
+    "mean": CLIP_MEAN,
+    "std": CLIP_STD,
+    "licence": "CC-BY-NC-ND-4.0",
+    "non_commercial": True,
+    "hub_repo": "MahmoodLab/CONCH",
+    "source": "https://huggingface.co/MahmoodLab/CONCH",
+    "timm_kwargs": {"img_size": 448, "dynamic_img_size": True},
+    "hub_files": ("pytorch_model.bin",),
+    "key_layout": "conch",
+}
+"""What CONCH's two presets share (the model card's vision-tower settings)."""
+
 PRESETS: dict[str, FoundationPreset] = {
     p.name: p
     for p in (
@@ -359,39 +373,15 @@ PRESETS: dict[str, FoundationPreset] = {
         # ViT-B/16 trunk at 448 px, CLIP mean/std, tokens → attentional pooler → LayerNorm:
         # encode_image(proj_contrast=False, normalize=False), 512-d, the README's embedding
         # for linear probes and MIL
-        _p(
-            "conch_v1",
-            "vit_base_patch16_224",
-            CONCH_EMBED_DIM,
-            input_size=448,
-            mean=CLIP_MEAN,
-            std=CLIP_STD,
-            licence="CC-BY-NC-ND-4.0",
-            non_commercial=True,
-            hub_repo="MahmoodLab/CONCH",
-            source="https://huggingface.co/MahmoodLab/CONCH",
-            timm_kwargs={"img_size": 448, "dynamic_img_size": True},
-            pooling="conch",
-            hub_files=("pytorch_model.bin",),
-            key_layout="conch",
-        ),
+        _p("conch_v1", "vit_base_patch16_224", CONCH_EMBED_DIM, pooling="conch", **_CONCH),
         # the same, then the contrastive projection and L2 norm: encode_image(img), 512-d,
         # comparable with CONCH's text embeddings (zero-shot)
         _p(
             "conch_v1_contrast",
             "vit_base_patch16_224",
             CONCH_EMBED_DIM,
-            input_size=448,
-            mean=CLIP_MEAN,
-            std=CLIP_STD,
-            licence="CC-BY-NC-ND-4.0",
-            non_commercial=True,
-            hub_repo="MahmoodLab/CONCH",
-            source="https://huggingface.co/MahmoodLab/CONCH",
-            timm_kwargs={"img_size": 448, "dynamic_img_size": True},
             pooling="conch+proj",
-            hub_files=("pytorch_model.bin",),
-            key_layout="conch",
+            **_CONCH,
         ),
         # huggingface.co/histai/hibou-b and hibou-L: DINOv2 ViT-B/14 and ViT-L/14 with 4
         # registers, 224 px, their own mean/std; pooler output = class token after the norm

@@ -24,6 +24,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,45 +293,46 @@ class FastTiffReader:
     ) -> Image.Image:
         """Pixels ``[ix, ix + iw) x [iy, iy + ih)`` of ``level`` decoded at 1/``scale``;
         ``cache=False`` neither uses nor fills the tile cache."""
-        lv = self._levels[level]
         out = Image.new("RGB", (iw, ih), _WHITE)
+        for col, row, left, top in self._tiles_under(level, scale, ix, iy, iw, ih):
+            tile = self._tile(level, scale, col, row, cache)
+            if tile is not None:
+                out.paste(tile, (left - ix, top - iy))
+        return out
+
+    def _tiles_under(
+        self, level: int, scale: int, ix: int, iy: int, iw: int, ih: int
+    ) -> Iterator[tuple[int, int, int, int]]:
+        """``(col, row, left, top)`` of each tile of ``level`` (decoded at 1/``scale``) that
+        the window ``[ix, ix + iw) x [iy, iy + ih)`` touches, with the tile's top-left in the
+        reduced level."""
+        lv = self._levels[level]
         tw, th = lv.tile_width // scale, lv.tile_height // scale
         x0, y0 = max(ix, 0), max(iy, 0)
         x1, y1 = min(ix + iw, _scaled(lv.width, scale)), min(iy + ih, _scaled(lv.height, scale))
         if x1 <= x0 or y1 <= y0:
-            return out
+            return
         for row in range(y0 // th, (y1 - 1) // th + 1):
             for col in range(x0 // tw, (x1 - 1) // tw + 1):
-                tile = self._tile(level, scale, col, row, cache)
-                if tile is not None:
-                    out.paste(tile, (col * tw - ix, row * th - iy))
-        return out
+                yield col, row, col * tw, row * th
 
     def _window_array(
         self, level: int, scale: int, ix: int, iy: int, iw: int, ih: int
     ) -> np.ndarray:
         """:meth:`_window` as a numpy array, tiles copied straight into it and not cached
         (for whole-area reads: ~1.6x faster than pasting into a PIL image and converting)."""
-        lv = self._levels[level]
         out = np.full((ih, iw, 3), 255, np.uint8)
-        tw, th = lv.tile_width // scale, lv.tile_height // scale
-        x0, y0 = max(ix, 0), max(iy, 0)
-        x1, y1 = min(ix + iw, _scaled(lv.width, scale)), min(iy + ih, _scaled(lv.height, scale))
-        if x1 <= x0 or y1 <= y0:
-            return out
-        for row in range(y0 // th, (y1 - 1) // th + 1):
-            for col in range(x0 // tw, (x1 - 1) // tw + 1):
-                tile = self._tile(level, scale, col, row, cache=False)
-                if tile is None:
-                    continue
-                left, top = col * tw, row * th  # the tile's top-left in the reduced level
-                cx0, cy0 = max(left, ix), max(top, iy)
-                cx1, cy1 = min(left + tile.width, ix + iw), min(top + tile.height, iy + ih)
-                if cx1 > cx0 and cy1 > cy0:
-                    pixels = np.asarray(tile)
-                    out[cy0 - iy : cy1 - iy, cx0 - ix : cx1 - ix] = pixels[
-                        cy0 - top : cy1 - top, cx0 - left : cx1 - left
-                    ]
+        for col, row, left, top in self._tiles_under(level, scale, ix, iy, iw, ih):
+            tile = self._tile(level, scale, col, row, cache=False)
+            if tile is None:
+                continue
+            cx0, cy0 = max(left, ix), max(top, iy)
+            cx1, cy1 = min(left + tile.width, ix + iw), min(top + tile.height, iy + ih)
+            if cx1 > cx0 and cy1 > cy0:
+                pixels = np.asarray(tile)
+                out[cy0 - iy : cy1 - iy, cx0 - ix : cx1 - ix] = pixels[
+                    cy0 - top : cy1 - top, cx0 - left : cx1 - left
+                ]
         return out
 
     def _tile(
