@@ -61,9 +61,15 @@ def write_archive(folder: Path, slides: int, tiles_side: int, slide_mpp: float) 
     margin = side // 8
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(slides):
-        write_slide(folder / f"s{i}.tiff", width=side + 2 * margin, height=side + 2 * margin,
-                    mpp=slide_mpp, regions=[Region(margin, margin, side, side, shape="ellipse")],
-                    downsamples=(1, 4, 16, 64), seed=i)
+        write_slide(
+            folder / f"s{i}.tiff",
+            width=side + 2 * margin,
+            height=side + 2 * margin,
+            mpp=slide_mpp,
+            regions=[Region(margin, margin, side, side, shape="ellipse")],
+            downsamples=(1, 4, 16, 64),
+            seed=i,
+        )
 
 
 def write_biopsies(folder: Path, slides: int, tiles_side: int) -> int:
@@ -72,8 +78,14 @@ def write_biopsies(folder: Path, slides: int, tiles_side: int) -> int:
     side = tiles_side * 224
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(slides):
-        write_slide(folder / f"b{i}.tiff", width=side, height=side, mpp=0.5,
-                    regions=[Region(0, 0, side, side)], seed=100 + i)
+        write_slide(
+            folder / f"b{i}.tiff",
+            width=side,
+            height=side,
+            mpp=0.5,
+            regions=[Region(0, 0, side, side)],
+            seed=100 + i,
+        )
     return slides * tiles_side**2
 
 
@@ -82,31 +94,44 @@ def ratio_run(enc, batch: torch.Tensor, slides: Path, out: Path, args) -> tuple[
     before = encoder_only(enc, batch, 5.0)
     load = os.getloadavg()[0]
     t = time.perf_counter()
-    rows = embed_archive([slides], out, encoder=enc, batch_size=args.batch_size,
-                         workers=args.workers, device=args.device, progress=False)
+    rows = embed_archive(
+        [slides],
+        out,
+        encoder=enc,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        progress=False,
+    )
     seconds = time.perf_counter() - t
     after = encoder_only(enc, batch, 5.0)
     assert all(row["status"] == "ok" for row in rows), rows
     tiles = sum(int(row["n_tiles"]) for row in rows)
     alone = (before + after) / 2
-    print(f"  {slides.name}: encoder alone "
-          f"{alone:.1f} tiles/s, end to end {tiles / seconds:.1f} tiles/s ({tiles} tiles, "
-          f"{seconds:.1f} s), ratio {tiles / seconds / alone:.3f}, load {load:.1f}",
-          file=sys.stderr)
+    print(
+        f"  {slides.name}: encoder alone "
+        f"{alone:.1f} tiles/s, end to end {tiles / seconds:.1f} tiles/s ({tiles} tiles, "
+        f"{seconds:.1f} s), ratio {tiles / seconds / alone:.3f}, load {load:.1f}",
+        file=sys.stderr,
+    )
     return tiles / seconds / alone, seconds - tiles / alone, tiles
 
 
 def report_ratios(big: list, small: list, args) -> None:
     """Print the median ratios over the rounds."""
-    print(f"end-to-end ÷ encoder-only tiles/s, {args.slides} resection-sized slides "
-          f"({big[0][2]} tiles from {args.slide_mpp:g} µm/px): "
-          f"{statistics.median(r[0] for r in big):.2f} (target >= 0.9; rounds: "
-          f"{', '.join(f'{r[0]:.2f}' for r in big)})")
+    print(
+        f"end-to-end ÷ encoder-only tiles/s, {args.slides} resection-sized slides "
+        f"({big[0][2]} tiles from {args.slide_mpp:g} µm/px): "
+        f"{statistics.median(r[0] for r in big):.2f} (target >= 0.9; rounds: "
+        f"{', '.join(f'{r[0]:.2f}' for r in big)})"
+    )
     if small:
         per_slide = statistics.median(r[1] for r in small) / args.small_slides
-        print(f"end-to-end ÷ encoder-only tiles/s, {args.small_slides} biopsy-sized "
-              f"slides ({small[0][2]} tiles): {statistics.median(r[0] for r in small):.2f}; "
-              f"fixed cost {per_slide:.2f} s per slide beyond encoding its tiles")
+        print(
+            f"end-to-end ÷ encoder-only tiles/s, {args.small_slides} biopsy-sized "
+            f"slides ({small[0][2]} tiles): {statistics.median(r[0] for r in small):.2f}; "
+            f"fixed cost {per_slide:.2f} s per slide beyond encoding its tiles"
+        )
 
 
 def peak_rss_gb() -> float:
@@ -121,15 +146,29 @@ def rss_run(tmp: Path) -> None:
             return torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1)
 
     side = 316 * 32 * 2  # 316 x 316 tiles of 32 px at 1.0 µm/px on a 0.5 µm/px slide
-    path = write_slide(tmp / "big.tiff", width=side, height=side, mpp=0.5,
-                       regions=[Region(0, 0, side, side)], downsamples=(1, 4, 16, 64))
+    path = write_slide(
+        tmp / "big.tiff",
+        width=side,
+        height=side,
+        mpp=0.5,
+        regions=[Region(0, 0, side, side)],
+        downsamples=(1, 4, 16, 64),
+    )
     enc = encoder_from_module(Tiny(), 192, 32, (0.5,) * 3, (0.25,) * 3, name="tiny")
     before = peak_rss_gb()
     t = time.perf_counter()
-    rows = embed_archive([path], tmp / "out_rss", encoder=enc, tiling=TileOptions(1.0, 32),
-                         batch_size=512, progress=False)
-    print(f"peak RSS: {peak_rss_gb():.2f} GB after embedding {rows[0]['n_tiles']} tiles "
-          f"(before: {before:.2f} GB; {time.perf_counter() - t:.0f} s; main process only)")
+    rows = embed_archive(
+        [path],
+        tmp / "out_rss",
+        encoder=enc,
+        tiling=TileOptions(1.0, 32),
+        batch_size=512,
+        progress=False,
+    )
+    print(
+        f"peak RSS: {peak_rss_gb():.2f} GB after embedding {rows[0]['n_tiles']} tiles "
+        f"(before: {before:.2f} GB; {time.perf_counter() - t:.0f} s; main process only)"
+    )
 
 
 def main() -> None:
@@ -139,18 +178,33 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto", help="auto, fp32 or bf16")
     ap.add_argument("--slides", type=int, default=2, help="resection-sized slides")
-    ap.add_argument("--tiles-side", type=int, default=36,
-                    help="their tissue ellipse spans this many tiles across (~0.8 x this² tiles)")
-    ap.add_argument("--small-slides", type=int, default=4,
-                    help="biopsy-sized slides (12 x 12 tiles, whole glass tissue); 0: skip")
+    ap.add_argument(
+        "--tiles-side",
+        type=int,
+        default=36,
+        help="their tissue ellipse spans this many tiles across (~0.8 x this² tiles)",
+    )
+    ap.add_argument(
+        "--small-slides",
+        type=int,
+        default=4,
+        help="biopsy-sized slides (12 x 12 tiles, whole glass tissue); 0: skip",
+    )
     ap.add_argument("--slide-mpp", type=float, default=0.25, help="level-0 µm/px of the slides")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=None,
-                    help="reader processes (default: the library's choice for the device)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="reader processes (default: the library's choice for the device)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-rss", action="store_true")
-    ap.add_argument("--skip-bf16", action="store_true",
-                    help="no bf16 ÷ fp32 figure (emulated bf16 on a CPU is very slow)")
+    ap.add_argument(
+        "--skip-bf16",
+        action="store_true",
+        help="no bf16 ÷ fp32 figure (emulated bf16 on a CPU is very slow)",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wsi_bench_embed_"))
     try:
@@ -161,8 +215,9 @@ def main() -> None:
         print(f"wrote the slides in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
         def encoder(precision: str):
-            return load_encoder(args.encoder, weights=args.weights, device=args.device,
-                                precision=precision)
+            return load_encoder(
+                args.encoder, weights=args.weights, device=args.device, precision=precision
+            )
 
         enc = encoder(args.precision)
         fp32, bf16 = (None, None) if args.skip_bf16 else (encoder("fp32"), encoder("bf16"))
@@ -181,9 +236,11 @@ def main() -> None:
         from wsi.pipeline.loader import default_workers
 
         workers = default_workers(enc.device.type) if args.workers is None else args.workers
-        print(f"encoder {args.encoder} ({enc.precision}) batch {args.batch_size}, "
-              f"{workers} reader worker(s), torch threads {torch.get_num_threads()}, "
-              f"median of {args.repeats}")
+        print(
+            f"encoder {args.encoder} ({enc.precision}) batch {args.batch_size}, "
+            f"{workers} reader worker(s), torch threads {torch.get_num_threads()}, "
+            f"median of {args.repeats}"
+        )
         report_ratios(big, small, args)
         if prec:
             print(f"bf16 ÷ fp32 encoder throughput: {statistics.median(prec):.2f}")

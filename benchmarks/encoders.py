@@ -118,8 +118,11 @@ def rewrites(name: str, device: str, batch: np.ndarray, repeats: int) -> None:
             rates[label].append(tiles_per_s(encoder, batch))
     base = statistics.median(rates["none"])
     for label, rate in rates.items():
-        print(f"{name:20s} rewrites {label:20s} {statistics.median(rate):8.1f} tiles/s "
-              f"({statistics.median(rate) / base:.2f} x none)", flush=True)
+        print(
+            f"{name:20s} rewrites {label:20s} {statistics.median(rate):8.1f} tiles/s "
+            f"({statistics.median(rate) / base:.2f} x none)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -65,13 +65,17 @@ def main() -> None:
     slide = wsi.open_slide(args.slide)
     native = wsi.tile(slide, mpp=args.mpp, size=args.size)
     if not native.native:
-        raise SystemExit(f"{slide.name} at {slide.mpp:g} µm/px is not within the default "
-                         f"tolerance of {args.mpp:g}: nothing to compare")
+        raise SystemExit(
+            f"{slide.name} at {slide.mpp:g} µm/px is not within the default "
+            f"tolerance of {args.mpp:g}: nothing to compare"
+        )
     # the same top-left corners, each box resampled to exactly the target scale
     exact = dataclasses.replace(native, native=False, mpp_tolerance=0.0)
     shifted = dataclasses.replace(native, coords=native.coords + 1)
-    print(f"{slide.name}: {slide.mpp:g} µm/px, {len(native)} tissue tiles of {args.size} px "
-          f"at {args.mpp:g}; exact box {exact.size_level0:.2f} px, native {native.size_level0:g}")
+    print(
+        f"{slide.name}: {slide.mpp:g} µm/px, {len(native)} tissue tiles of {args.size} px "
+        f"at {args.mpp:g}; exact box {exact.size_level0:.2f} px, native {native.size_level0:g}"
+    )
 
     diff, energy, high = [], [], []
     for i in range(len(native)):
@@ -79,17 +83,25 @@ def main() -> None:
         diff.append(np.abs(a - b).mean())
         energy.append(edge_energy(b) / edge_energy(a))
         high.append(laplacian_energy(b) / laplacian_energy(a))
-    print(f"mean |resampled - native|: {np.mean(diff):.2f} grey levels "
-          f"(per-tile median {np.median(diff):.2f})")
-    print(f"edge energy resampled ÷ native: {np.mean(energy):.3f} "
-          f"(per-tile median {np.median(energy):.3f}); Laplacian energy {np.mean(high):.3f}")
+    print(
+        f"mean |resampled - native|: {np.mean(diff):.2f} grey levels "
+        f"(per-tile median {np.median(diff):.2f})"
+    )
+    print(
+        f"edge energy resampled ÷ native: {np.mean(energy):.3f} "
+        f"(per-tile median {np.median(energy):.3f}); Laplacian energy {np.mean(high):.3f}"
+    )
 
-    feats = {name: wsi.embed(slide, grid, encoder=args.encoder)
-             for name, grid in (("native", native), ("exact", exact), ("shifted", shifted))}
+    feats = {
+        name: wsi.embed(slide, grid, encoder=args.encoder)
+        for name, grid in (("native", native), ("exact", exact), ("shifted", shifted))
+    }
     for label, other in (("resampled vs native", "exact"), ("1-px shift vs native", "shifted")):
         cos = cosine(feats["native"], feats[other])
-        print(f"{args.encoder} cosine, {label}: median {np.median(cos):.4f}, "
-              f"5th percentile {np.percentile(cos, 5):.4f}, min {cos.min():.4f}")
+        print(
+            f"{args.encoder} cosine, {label}: median {np.median(cos):.4f}, "
+            f"5th percentile {np.percentile(cos, 5):.4f}, min {cos.min():.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ def timed(archive: Path, work: Path, encoder, backend: str, batch_size: int) -> 
     out = work / f"out-{backend}"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    rows = embed_archive([archive], out, encoder=encoder, batch_size=batch_size,
-                         progress=False, backend=backend)
+    rows = embed_archive(
+        [archive], out, encoder=encoder, batch_size=batch_size, progress=False, backend=backend
+    )
     seconds = time.perf_counter() - start
     assert all(r["status"] == "ok" for r in rows), rows
     return seconds
@@ -64,8 +65,11 @@ def main() -> None:
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         real = load_encoder("efficientnet_lite0", device="cpu")
         cheap = encoder_from_module(_MeanColour(), 3, 32, (0.5,) * 3, (0.25,) * 3, name="mean")
-        print(f"{args.slides} slides x {n_tiles // args.slides} tiles, {args.cpus} CPUs, "
-              f"torch threads {torch.get_num_threads()}", flush=True)
+        print(
+            f"{args.slides} slides x {n_tiles // args.slides} tiles, {args.cpus} CPUs, "
+            f"torch threads {torch.get_num_threads()}",
+            flush=True,
+        )
         results: dict[str, list[float]] = {}
 
         def measure(name, enc):
@@ -84,14 +88,18 @@ def main() -> None:
         torch.set_num_threads(threads)
         med = {k: statistics.median(v) for k, v in results.items()}
         per_hour = {b: 3600 * args.slides / med[f"real-{b}"] for b in ("local", "ray")}
-        print(f"efficientnet_lite0: local {per_hour['local']:.0f} slides/h "
-              f"({n_tiles / med['real-local']:.1f} tiles/s), Ray {per_hour['ray']:.0f} slides/h "
-              f"({n_tiles / med['real-ray']:.1f} tiles/s); Ray / local = "
-              f"{per_hour['ray'] / per_hour['local']:.2f}")
+        print(
+            f"efficientnet_lite0: local {per_hour['local']:.0f} slides/h "
+            f"({n_tiles / med['real-local']:.1f} tiles/s), Ray {per_hour['ray']:.0f} slides/h "
+            f"({n_tiles / med['real-ray']:.1f} tiles/s); Ray / local = "
+            f"{per_hour['ray'] / per_hour['local']:.2f}"
+        )
         overhead = (med["cheap-ray"] - med["cheap-local"]) / args.slides
-        print(f"near-free encoder, one core: local {med['cheap-local'] / args.slides:.2f} s/slide, "
-              f"Ray {med['cheap-ray'] / args.slides:.2f} s/slide; Ray overhead "
-              f"{overhead:+.2f} s/slide")
+        print(
+            f"near-free encoder, one core: local {med['cheap-local'] / args.slides:.2f} s/slide, "
+            f"Ray {med['cheap-ray'] / args.slides:.2f} s/slide; Ray overhead "
+            f"{overhead:+.2f} s/slide"
+        )
         print("runs (s):", {k: [round(x, 2) for x in v] for k, v in results.items()})
     finally:
         ray.shutdown()

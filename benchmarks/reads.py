@@ -82,9 +82,7 @@ def grid_block(regions: list[Region], size0: float, n: int) -> list[tuple[float,
     side = math.isqrt(n)
     col0 = int((r.x + r.width / 2) // size0) - side // 2
     row0 = int((r.y + r.height / 2) // size0) - side // 2
-    return [
-        ((col0 + i) * size0, (row0 + j) * size0) for j in range(side) for i in range(side)
-    ]
+    return [((col0 + i) * size0, (row0 + j) * size0) for j in range(side) for i in range(side)]
 
 
 def rates(
@@ -167,8 +165,10 @@ def main() -> None:
     args = ap.parse_args()
     path, regions = bench_slide(args.cache, args.mpp)
     w, h = SLIDE_PX
-    print(f"slide {w} x {h} px at {args.mpp:g} µm/px, 256-px JPEG tiles (q=90), "
-          f"{args.patches} random tissue tiles, median of {args.repeats} runs")
+    print(
+        f"slide {w} x {h} px at {args.mpp:g} µm/px, 256-px JPEG tiles (q=90), "
+        f"{args.patches} random tissue tiles, median of {args.repeats} runs"
+    )
     modes = (
         ("20x", TILE_TARGET_MPP, "random"),
         ("native", args.mpp, "random"),

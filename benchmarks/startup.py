@@ -38,8 +38,12 @@ def seconds(args: list[str], tree: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--baseline-tree", type=Path, default=None,
-                        help="a source checkout of the version to compare with")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="a source checkout of the version to compare with",
+    )
     args = parser.parse_args()
     trees = {"this": ROOT} | ({"baseline": args.baseline_tree} if args.baseline_tree else {})
     times: dict[tuple[str, str], list[float]] = {}

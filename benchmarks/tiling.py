@@ -31,10 +31,17 @@ def big_slide(cache: Path) -> Path:
         t = time.perf_counter()
         regions = [
             Region(8_000 + 30_000 * i, 10_000 + 22_000 * j, 24_000, 17_000, shape="ellipse")
-            for i in range(3) for j in range(3)
+            for i in range(3)
+            for j in range(3)
         ]
-        write_slide(path, width=100_000, height=80_000, mpp=0.25, regions=regions,
-                    downsamples=(1, 4, 16, 64))
+        write_slide(
+            path,
+            width=100_000,
+            height=80_000,
+            mpp=0.25,
+            regions=regions,
+            downsamples=(1, 4, 16, 64),
+        )
         print(f"wrote {path} in {time.perf_counter() - t:.0f} s")
     return path
 
@@ -77,12 +84,18 @@ def main() -> None:
         ratio_read.append(base / ours)
 
     p, th = statistics.median(pipeline), statistics.median(thumbnail)
-    print(f"slide 100000 x 80000 px, {len(grid)} tiles of 224 px at 0.5 µm/px, "
-          f"mask {mask.array.shape[1]}x{mask.array.shape[0]} px at downsample {mask.downsample:g}")
-    print(f"open + tissue + grid: {p:.2f} s; thumbnail read alone: {th:.2f} s; "
-          f"ratio {p / th:.2f} (target <= 2)")
-    print(f"grid.read patches/s ÷ openslide read_region+resize: {statistics.median(ratio_read):.2f} "
-          f"(target >= 1; {len(idx)} random tiles, median of {args.repeats})")
+    print(
+        f"slide 100000 x 80000 px, {len(grid)} tiles of 224 px at 0.5 µm/px, "
+        f"mask {mask.array.shape[1]}x{mask.array.shape[0]} px at downsample {mask.downsample:g}"
+    )
+    print(
+        f"open + tissue + grid: {p:.2f} s; thumbnail read alone: {th:.2f} s; "
+        f"ratio {p / th:.2f} (target <= 2)"
+    )
+    print(
+        f"grid.read patches/s ÷ openslide read_region+resize: {statistics.median(ratio_read):.2f} "
+        f"(target >= 1; {len(idx)} random tiles, median of {args.repeats})"
+    )
 
 
 if __name__ == "__main__":

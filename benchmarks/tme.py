@@ -75,14 +75,25 @@ def feature_file(encoder, tiles: list[np.ndarray], paths: list[Path], rows: int,
     features = encoder(np.stack(tiles)).numpy()
     labels = [p.name.split("-")[0] for p in paths] if paths else ["TUM", "STR"] * len(tiles)
     labels = [labels[i % len(labels)] for i in range(len(tiles))]
-    classifier = fit_tile_classifier(features, labels, encoder=encoder.name,
-                                     weights_sha256=encoder.weights_sha256, tile_mpp=MPP,
-                                     tile_size=tiles[0].shape[0])
+    classifier = fit_tile_classifier(
+        features,
+        labels,
+        encoder=encoder.name,
+        weights_sha256=encoder.weights_sha256,
+        tile_mpp=MPP,
+        tile_size=tiles[0].shape[0],
+    )
     coords = np.stack([np.arange(rows) % 400, np.arange(rows) // 400], axis=1) * 224
     attrs = {"patch_size": 224, "patch_level": 0, "achieved_mpp": MPP, "target_mpp": MPP}
     path = folder / "slide.h5"
-    with FeatureWriter(path, coords, attrs, {}, features.shape[1],
-                       {"encoder": encoder.name, "weights_sha256": encoder.weights_sha256}) as w:
+    with FeatureWriter(
+        path,
+        coords,
+        attrs,
+        {},
+        features.shape[1],
+        {"encoder": encoder.name, "weights_sha256": encoder.weights_sha256},
+    ) as w:
         w.write(0, features[np.arange(rows) % len(features)])
         w.commit()
     return classifier, path
@@ -158,8 +169,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tiles", type=int, default=64, help="tiles per timed run")
-    parser.add_argument("--slide-tiles", type=int, default=20000,
-                        help="rows of the feature file the classifier is timed on")
+    parser.add_argument(
+        "--slide-tiles",
+        type=int,
+        default=20000,
+        help="rows of the feature file the classifier is timed on",
+    )
     args = parser.parse_args()
     import tempfile
 
@@ -167,7 +182,7 @@ def main() -> None:
     tiles = read_tiles(paths, args.tiles)
     encoder = load_encoder("efficientnet_lite0", None, "cpu")
     encoder(np.stack(tiles[: args.batch_size]))  # warm-up: allocator, kernel choice
-    detect_nuclei(tiles[0], mpp=MPP)             # warm-up: scikit-image imports
+    detect_nuclei(tiles[0], mpp=MPP)  # warm-up: scikit-image imports
     nuclei, read_encode, read_encode_1, classify = [], [], [], []
     scratch = tempfile.TemporaryDirectory()
     classifier, h5 = feature_file(encoder, tiles, paths, args.slide_tiles, Path(scratch.name))
@@ -187,11 +202,15 @@ def main() -> None:
     print(f"detect_nuclei           {1000 * ours:7.1f} ms/tile")
     print(f"read + encode (batch {args.batch_size}) {1000 * base:7.1f} ms/tile ({threads} threads)")
     print(f"nuclei ÷ (read + encode) = {ours / base:.2f}")
-    print(f"read + encode, 1 thread {1000 * base_1:7.1f} ms/tile; "
-          f"nuclei ÷ (read + encode, 1 thread) = {ours / base_1:.2f}")
+    print(
+        f"read + encode, 1 thread {1000 * base_1:7.1f} ms/tile; "
+        f"nuclei ÷ (read + encode, 1 thread) = {ours / base_1:.2f}"
+    )
     per_tile = statistics.median(classify)
-    print(f"classify from features  {1000 * per_tile:7.4f} ms/tile ({args.slide_tiles} tiles "
-          f"from one feature file)")
+    print(
+        f"classify from features  {1000 * per_tile:7.4f} ms/tile ({args.slide_tiles} tiles "
+        f"from one feature file)"
+    )
     print(f"(read + encode) ÷ classify from features = {base / per_tile:.0f}x")
 
     # memory: the profile of a 100k-tile slide, and nuclei counting streamed in batches
@@ -206,7 +225,6 @@ def main() -> None:
             f"count_nuclei peak traced memory: {streamed[0]:.0f} MB for 128 tiles, "
             f"{streamed[1]:.0f} MB for 512 tiles (ratio {streamed[1] / streamed[0]:.2f})"
         )
-
 
 
 if __name__ == "__main__":

@@ -686,8 +686,11 @@ _LICENCE_WARNED: set[str] = set()
 def _preset_encoder(preset: FoundationPreset, weights: Weights) -> Encoder:
     """Build ``preset`` on the CPU in fp32 with ``weights`` (None: the hub; a path; or
     ``"random"``). The weights file is found before the (large) model is built."""
-    path = None if str(weights) == RANDOM_WEIGHTS else (
-        Path(weights) if weights is not None else _hub_file(preset))
+    path = (
+        None
+        if str(weights) == RANDOM_WEIGHTS
+        else (Path(weights) if weights is not None else _hub_file(preset))
+    )
     module = preset.build_module()
     sha: str | None = None
     source = RANDOM_WEIGHTS

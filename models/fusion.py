@@ -22,8 +22,11 @@ from torch import nn
 
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Move ``bn`` (eval statistics) into ``conv``'s weight and bias, in place."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else (
-        1.0 / torch.sqrt(bn.running_var + bn.eps))
+    scale = (
+        bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        if bn.affine
+        else (1.0 / torch.sqrt(bn.running_var + bn.eps))
+    )
     shift = (bn.bias.detach() if bn.affine else 0.0) - bn.running_mean * scale
     weight = conv.weight.detach() * scale.reshape(-1, 1, 1, 1)
     bias = shift if conv.bias is None else conv.bias.detach() * scale + shift

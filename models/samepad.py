@@ -44,9 +44,15 @@ class StaticSameConv2d(nn.Conv2d):
         (bh, ah), (bw, aw) = same_padding(input_hw[0], kh, sh), same_padding(input_hw[1], kw, sw)
         extra = (ah - bh, aw - bw)
         super().__init__(
-            conv.in_channels, conv.out_channels, (kh + extra[0], kw + extra[1]),
-            stride=conv.stride, padding=(ah, aw), groups=conv.groups,
-            bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype,
+            conv.in_channels,
+            conv.out_channels,
+            (kh + extra[0], kw + extra[1]),
+            stride=conv.stride,
+            padding=(ah, aw),
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
         )
         grad = conv.weight.requires_grad
         self.weight = nn.Parameter(
@@ -75,7 +81,8 @@ def _same_convs(module: nn.Module) -> list[str]:
     except ImportError:
         return []
     return [
-        name for name, child in module.named_modules()
+        name
+        for name, child in module.named_modules()
         if isinstance(child, Conv2dSame) and tuple(child.dilation) == (1, 1)
     ]
 
@@ -88,6 +95,7 @@ def _input_sizes(module: nn.Module, names: list[str], probe: torch.Tensor) -> di
     def record(name: str):
         def hook(_: nn.Module, args: tuple) -> None:
             sizes.setdefault(name, tuple(args[0].shape[-2:]))
+
         return hook
 
     handles = [layers[name].register_forward_pre_hook(record(name)) for name in names]

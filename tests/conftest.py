@@ -40,8 +40,13 @@ TISSUE_TILES = 12
 
 
 def write_reference_slide(
-    path: Path, base_mpp: float, *, flavour: str = "tiff", downsamples=(1, 4, 16),
-    texture: float = 0.0, write_mpp: bool = True,
+    path: Path,
+    base_mpp: float,
+    *,
+    flavour: str = "tiff",
+    downsamples=(1, 4, 16),
+    texture: float = 0.0,
+    write_mpp: bool = True,
 ) -> Path:
     """The reference layout scanned at ``base_mpp`` µm/px (sizes rounded to pixels)."""
     px = [round(v / base_mpp) for v in TISSUE_UM]

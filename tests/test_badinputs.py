@@ -80,11 +80,24 @@ def test_corpus_has_the_kinds_asked_for_and_stays_small(tmp_path):
     cases = make_corpus(tmp_path)
     kinds = {c.kind for c in cases}
     assert len(kinds) >= 15
-    assert {"truncated-tiff", "random-bytes", "zero-size", "corrupt-jpeg-tiles",
-            "wrong-size-level", "absurd-mpp", "too-large-level", "no-permission",
-            "symlink-loop", "directory-named-slide", "non-utf8-name",
-            "labels-duplicate-conflict", "labels-bom", "labels-semicolon-mixed",
-            "features-truncated", "features-wrong-shape"} <= kinds
+    assert {
+        "truncated-tiff",
+        "random-bytes",
+        "zero-size",
+        "corrupt-jpeg-tiles",
+        "wrong-size-level",
+        "absurd-mpp",
+        "too-large-level",
+        "no-permission",
+        "symlink-loop",
+        "directory-named-slide",
+        "non-utf8-name",
+        "labels-duplicate-conflict",
+        "labels-bom",
+        "labels-semicolon-mixed",
+        "features-truncated",
+        "features-wrong-shape",
+    } <= kinds
     assert len([c for c in cases if c.kind == "truncated-tiff"]) == 5
     assert {c.note.split()[-1] for c in cases if c.kind == "absurd-mpp"} >= {"0.0", "1e6", "nan"}
     files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
@@ -164,7 +177,10 @@ def test_too_large_level_is_tiled_in_bounded_memory(corpus):
     limit_mb = 2560
     done = subprocess.run(
         [sys.executable, "-c", _BOUNDED, str(case.path), str(limit_mb)],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -184,8 +200,9 @@ def test_thumbnail_of_a_level_without_pyramid_is_read_in_blocks(tmp_path):
     level px per output px goes through a finer pass read in column blocks (no read spans
     the level), and averages as one read of the whole footprint would."""
     colour = np.array([200, 110, 170])
-    path = write_sparse_slide(tmp_path / "wide.tiff", 65536, 512, tile=512,
-                              filled={(0, 0): tuple(colour)})
+    path = write_sparse_slide(
+        tmp_path / "wide.tiff", 65536, 512, tile=512, filled={(0, 0): tuple(colour)}
+    )
     with wsi.open_slide(path) as slide:
         thumb = slide.read_thumbnail(1024.0)
     assert thumb.shape == (1, 64, 3)
@@ -270,8 +287,7 @@ def feature_folder(corpus, tmp_path_factory):
         if case.api == "features":
             shutil.copy(case.path, folder / case.path.name)
             bad[case.path.stem] = case
-            labels.append({"slide_id": case.path.stem, "patient_id": case.path.stem,
-                           "type": "a"})
+            labels.append({"slide_id": case.path.stem, "patient_id": case.path.stem, "type": "a"})
     csv = folder.parent / "labels.csv"
     pd.DataFrame(labels).to_csv(csv, index=False)
     return folder, csv, bad
@@ -299,8 +315,24 @@ def test_cli_train_and_predict_finish_the_good_slides(feature_folder, tmp_path, 
     run = tmp_path / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = main(["train", "--features", str(folder), "--labels", str(labels), "--out",
-                     str(run), "--folds", "2", "--classify", "type", "--epochs", "2", "--quiet"])
+        code = main(
+            [
+                "train",
+                "--features",
+                str(folder),
+                "--labels",
+                str(labels),
+                "--out",
+                str(run),
+                "--folds",
+                "2",
+                "--classify",
+                "type",
+                "--epochs",
+                "2",
+                "--quiet",
+            ]
+        )
     assert code == 1  # trained on the good slides; the bad files are reported
     printed = capsys.readouterr().out
     left_out = [line for line in printed.splitlines() if ": left out: " in line]
@@ -308,8 +340,20 @@ def test_cli_train_and_predict_finish_the_good_slides(feature_folder, tmp_path, 
     assert (run / "model.pt").exists() and (run / "metrics.json").exists()
 
     out_csv, attention = tmp_path / "pred.csv", tmp_path / "att"
-    code = main(["predict", "--checkpoint", str(run / "model.pt"), "--features", str(folder),
-                 "--out", str(out_csv), "--attention", str(attention), "--quiet"])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(run / "model.pt"),
+            "--features",
+            str(folder),
+            "--out",
+            str(out_csv),
+            "--attention",
+            str(attention),
+            "--quiet",
+        ]
+    )
     assert code == 1
     printed = capsys.readouterr().out
     failed_lines = [line for line in printed.splitlines() if ": failed: " in line]
@@ -332,9 +376,24 @@ def test_cli_train_and_predict_finish_the_good_slides(feature_folder, tmp_path, 
 def test_cli_train_labels_case_is_one_line_exit_2(corpus, feature_folder, key, tmp_path, capsys):
     case = corpus[key]
     folder, _, _ = feature_folder
-    code = main(["train", "--features", str(folder), "--labels", str(case.path), "--out",
-                 str(tmp_path / "run"), "--folds", "2", "--classify", "type", "--epochs", "1",
-                 "--quiet"])
+    code = main(
+        [
+            "train",
+            "--features",
+            str(folder),
+            "--labels",
+            str(case.path),
+            "--out",
+            str(tmp_path / "run"),
+            "--folds",
+            "2",
+            "--classify",
+            "type",
+            "--epochs",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("wsi train: error: ")

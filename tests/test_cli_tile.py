@@ -40,8 +40,14 @@ def test_tile_archive_with_bad_slides(archive, tmp_path, capsys):
     rows = read_manifest(out)
     status = {k: v["status"] for k, v in rows.items()}
     assert status == {
-        "good40": "ok", "good20": "ok", "blank": "no_tissue", "nompp": "failed",
-        "empty": "failed", "text": "failed", "folder": "failed", "missing": "failed",
+        "good40": "ok",
+        "good20": "ok",
+        "blank": "no_tissue",
+        "nompp": "failed",
+        "empty": "failed",
+        "text": "failed",
+        "folder": "failed",
+        "missing": "failed",
     }
     assert int(rows["good40"]["n_tiles"]) == int(rows["good20"]["n_tiles"]) == TISSUE_TILES
     assert rows["good40"]["mpp"] == "0.25" and rows["good40"]["mpp_source"] == "openslide"
@@ -69,10 +75,16 @@ def test_tile_archive_with_bad_slides(archive, tmp_path, capsys):
 
 def test_slide_mpp_rescues_a_slide_without_metadata(archive, tmp_path):
     out = tmp_path / "out"
-    code = main(["tile", str(archive / "nompp.tiff"), "--out", str(out), "--slide-mpp", "0.25", "--quiet"])
+    code = main(
+        ["tile", str(archive / "nompp.tiff"), "--out", str(out), "--slide-mpp", "0.25", "--quiet"]
+    )
     assert code == 0
     row = read_manifest(out)["nompp"]
-    assert (row["status"], row["n_tiles"], row["mpp_source"]) == ("ok", str(TISSUE_TILES), "argument")
+    assert (row["status"], row["n_tiles"], row["mpp_source"]) == (
+        "ok",
+        str(TISSUE_TILES),
+        "argument",
+    )
 
 
 @pytest.mark.parametrize("tolerance, native, achieved", [(None, True, 0.499), ("0", False, 0.5)])
@@ -97,8 +109,9 @@ def test_rerun_keeps_other_rows(archive, tmp_path):
     assert set(read_manifest(out)) == {"good40", "good20"}
 
 
-@pytest.mark.parametrize("flag", [["--mpp", "0"], ["--size", "0"], ["--min-tissue", "2"],
-                                  ["--mpp-tolerance", "-1"]])
+@pytest.mark.parametrize(
+    "flag", [["--mpp", "0"], ["--size", "0"], ["--min-tissue", "2"], ["--mpp-tolerance", "-1"]]
+)
 def test_usage_errors_exit_2(archive, tmp_path, flag, capsys):
     code = main(["tile", str(archive / "good40.tiff"), "--out", str(tmp_path / "o"), *flag])
     assert code == 2
@@ -157,8 +170,9 @@ def _tile_process(slides, out, log, ready, go):
         f"while not pathlib.Path({str(go)!r}).exists():\n    time.sleep(0.01)\n"
         f"sys.exit(main(['tile', {str(slides)!r}, '--out', {str(out)!r}, '--quiet']))"
     )
-    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def test_two_tile_runs_on_one_folder_tile_every_slide_once(tmp_path):
@@ -177,13 +191,17 @@ def test_two_tile_runs_on_one_folder_tile_every_slide_once(tmp_path):
     assert len({pid for pid, _ in tiled}) == 2  # and both runs did part of the work
     rows = read_manifest(out)
     assert {k: (v["status"], int(v["n_tiles"])) for k, v in rows.items()} == {
-        f"s{i}": ("ok", TISSUE_TILES) for i in range(6)}
+        f"s{i}": ("ok", TISSUE_TILES) for i in range(6)
+    }
     assert [p for p in out.rglob(".*") if p.is_file() and ".locks" not in p.parts] == []
 
 
 def _outputs(out):
-    return {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")
-            if p.is_file() and ".locks" not in p.parts and p.name != "manifest.csv"}
+    return {
+        p.relative_to(out): p.stat().st_mtime_ns
+        for p in out.rglob("*")
+        if p.is_file() and ".locks" not in p.parts and p.name != "manifest.csv"
+    }
 
 
 def test_a_second_tile_run_re_tiles_nothing_and_keeps_the_rows(archive, tmp_path, monkeypatch):
@@ -213,15 +231,16 @@ def test_a_second_tile_run_re_tiles_nothing_and_keeps_the_rows(archive, tmp_path
         assert (again[sid]["status"], again[sid]["error"]) == ("failed", first_rows[sid]["error"])
 
     tiled.clear()
-    assert main(["tile", str(archive / "good40.tiff"), "--out", str(out), "--quiet",
-                 "--size", "112"]) == 0  # other options: tiled again
+    assert (
+        main(["tile", str(archive / "good40.tiff"), "--out", str(out), "--quiet", "--size", "112"])
+        == 0
+    )  # other options: tiled again
     assert tiled == ["good40"]
     with h5py.File(out / "patches" / "good40.h5") as f:
         assert f["coords"].attrs["target_patch_size"] == 112
     assert read_manifest(out)["good40"]["n_tiles"] != first_rows["good40"]["n_tiles"]
 
     tiled.clear()
-    assert main(["tile", str(archive / "good20.svs"), "--out", str(out), "--quiet",
-                 "--redo"]) == 0
+    assert main(["tile", str(archive / "good20.svs"), "--out", str(out), "--quiet", "--redo"]) == 0
     assert tiled == ["good20"]
     assert _outputs(out)[Path("patches/good20.h5")] != first_files[Path("patches/good20.h5")]

@@ -20,8 +20,9 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def _faults(extra_env):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **extra_env}
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
     return out[0] == "True", int(out[1])
 
 

@@ -76,8 +76,13 @@ class _Python:
         code = f"{script}import sys; from wsi.cli import main; sys.exit(main({args!r}))"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         with open(log, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
-                                         stdout=subprocess.DEVNULL, stderr=err)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
 
     def exitcode(self) -> int | None:
         return self.proc.poll()
@@ -104,8 +109,13 @@ class _Forked:
 
 
 def kill_when(
-    args: list[str], ready: Callable[[], bool], log: Path, *, script: str = "",
-    may_end: bool = False, fresh: bool = False,
+    args: list[str],
+    ready: Callable[[], bool],
+    log: Path,
+    *,
+    script: str = "",
+    may_end: bool = False,
+    fresh: bool = False,
 ) -> bool:
     """Run ``wsi ARGS`` in another process and SIGKILL it as soon as ``ready()``; return
     True. If it ends first: False with ``may_end`` (it must have succeeded), else the test
@@ -118,8 +128,9 @@ def kill_when(
             if code == 0 and may_end:
                 return False
             if code is not None or time.monotonic() > deadline:
-                pytest.fail(f"wsi {args[0]} ended ({code}) before the kill point: "
-                            f"{log.read_text()[-2000:]}")
+                pytest.fail(
+                    f"wsi {args[0]} ended ({code}) before the kill point: {log.read_text()[-2000:]}"
+                )
             time.sleep(POLL_S)
     finally:
         code = run.kill() if run.exitcode() is None else run.exitcode()
@@ -145,9 +156,24 @@ def mtimes(paths: list[Path]) -> dict[Path, int]:
 
 
 def train_args(root: Path, run: Path) -> list[str]:
-    return ["train", "--features", str(root / "features"), "--labels", str(root / "labels.csv"),
-            "--out", str(run), "--folds", str(FOLDS), "--classify", "type", "--regress",
-            "immune", "--epochs", EPOCHS, "--quiet"]
+    return [
+        "train",
+        "--features",
+        str(root / "features"),
+        "--labels",
+        str(root / "labels.csv"),
+        "--out",
+        str(run),
+        "--folds",
+        str(FOLDS),
+        "--classify",
+        "type",
+        "--regress",
+        "immune",
+        "--epochs",
+        EPOCHS,
+        "--quiet",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +218,9 @@ def assert_same_checkpoint(path: Path, reference: Path) -> None:
     assert got["state_dict"].keys() == want["state_dict"].keys()
     for name, tensor in want["state_dict"].items():
         assert torch.equal(got["state_dict"][name], tensor), name
-    pd.testing.assert_frame_equal(pd.DataFrame(got["curves"]), pd.DataFrame(want["curves"]),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(got["curves"]), pd.DataFrame(want["curves"]), check_exact=True
+    )
     for key in want.keys() - {"state_dict", "curves"}:
         assert got[key] == want[key], key
 
@@ -209,8 +236,12 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 
 def finished_fold_files(run: Path) -> list[Path]:
-    return [p for k in range(FOLDS) if (run / f"fold_{k}" / "metrics.json").exists()
-            for p in sorted((run / f"fold_{k}").iterdir())]
+    return [
+        p
+        for k in range(FOLDS)
+        if (run / f"fold_{k}" / "metrics.json").exists()
+        for p in sorted((run / f"fold_{k}").iterdir())
+    ]
 
 
 TRAIN_KILL_POINTS = {
@@ -283,13 +314,26 @@ def test_a_re_embedded_feature_file_retrains_every_fold(cohort, tmp_path):
 
 # --------------------------------------------------------------------------- wsi embed
 
-REGISTER = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from tests import tiny_encoders; "
-            "tiny_encoders.register(); ")
+REGISTER = (
+    f"import sys; sys.path.insert(0, {str(REPO)!r}); from tests import tiny_encoders; "
+    "tiny_encoders.register(); "
+)
 
 
 def embed_args(slides: Path, out: Path) -> list[str]:
-    return ["embed", str(slides), "--out", str(out), "--encoder", ENCODER, "--workers", "0",
-            "--batch-size", EMBED_BATCH, "--quiet"]
+    return [
+        "embed",
+        str(slides),
+        "--out",
+        str(out),
+        "--encoder",
+        ENCODER,
+        "--workers",
+        "0",
+        "--batch-size",
+        EMBED_BATCH,
+        "--quiet",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -346,8 +390,9 @@ def assert_same_embed(out: Path, reference: Path) -> None:
             assert_same_h5(got[name], path)
         elif name == "manifest.csv":
             drop = ["seconds"]
-            pd.testing.assert_frame_equal(pd.read_csv(got[name]).drop(columns=drop),
-                                          pd.read_csv(path).drop(columns=drop))
+            pd.testing.assert_frame_equal(
+                pd.read_csv(got[name]).drop(columns=drop), pd.read_csv(path).drop(columns=drop)
+            )
         else:
             assert got[name].read_bytes() == path.read_bytes(), name
 
@@ -370,8 +415,9 @@ EMBED_KILL_POINTS = {
         lambda out: not _features(out, "a").exists(),
     ),
     "mid-features of the 2nd slide": (
-        lambda out: _features(out, "a").exists()
-        and any(_features(out, "b").parent.glob(".b.h5.tmp-*")),
+        lambda out: (
+            _features(out, "a").exists() and any(_features(out, "b").parent.glob(".b.h5.tmp-*"))
+        ),
         lambda out: not _features(out, "b").exists(),
     ),
     "right after the first manifest row": (
@@ -386,8 +432,9 @@ EMBED_KILL_POINTS = {
 def test_killed_embed_resumes_to_the_uninterrupted_result(archive, tmp_path, point):
     ready, landed = EMBED_KILL_POINTS[point]
     out = tmp_path / "out"
-    kill_when(embed_args(archive / "slides", out), lambda: ready(out), tmp_path / "log",
-              script=REGISTER)
+    kill_when(
+        embed_args(archive / "slides", out), lambda: ready(out), tmp_path / "log", script=REGISTER
+    )
     assert landed(out)
     rows = check_embed_folder(out)
     assert len(rows) < len(SLIDES)
@@ -414,8 +461,12 @@ def after(appears: Callable[[], bool], delay_s: float) -> Callable[[], bool]:
 
 
 def chain_of_kills(
-    args: list[str], events: list[Callable[[], bool]], check: Callable[[], object], log: Path,
-    rng: np.random.Generator, script: str = "",
+    args: list[str],
+    events: list[Callable[[], bool]],
+    check: Callable[[], object],
+    log: Path,
+    rng: np.random.Generator,
+    script: str = "",
 ) -> int:
     """Kill fresh runs one after the other, each 0-0.3 s after one of the next 2 ``events``
     (in the order a run makes them happen) that have not happened yet, and ``check()`` the
@@ -436,12 +487,19 @@ def test_train_killed_again_and_again(cohort, tmp_path):
     """New interpreters killed at random outputs, each re-run killed again, then one run to
     the end: still the uninterrupted result."""
     run = tmp_path / "run"
-    files = [run / f"fold_{k}" / name for k in range(FOLDS)
-             for name in ("model.pt", "curves.csv", "metrics.json")]
+    files = [
+        run / f"fold_{k}" / name
+        for k in range(FOLDS)
+        for name in ("model.pt", "curves.csv", "metrics.json")
+    ]
     files += [run / "predictions.csv", run / "model.pt"]
-    kills = chain_of_kills(train_args(cohort, run), [f.exists for f in files],
-                           lambda: check_run_folder(run), tmp_path / "log",
-                           np.random.default_rng(0))
+    kills = chain_of_kills(
+        train_args(cohort, run),
+        [f.exists for f in files],
+        lambda: check_run_folder(run),
+        tmp_path / "log",
+        np.random.default_rng(0),
+    )
     assert kills >= 3
     assert main(train_args(cohort, run)) == 0
     assert_same_run(run, cohort / "reference")
@@ -455,9 +513,14 @@ def test_embed_killed_again_and_again(archive, tmp_path):
         final = _features(out, slide)
         events.append(lambda f=final: f.exists() or any(f.parent.glob(f".{f.name}.tmp-*")))
         events.append(final.exists)
-    kills = chain_of_kills(embed_args(archive / "slides", out), events,
-                           lambda: check_embed_folder(out), tmp_path / "log",
-                           np.random.default_rng(0), script=REGISTER)
+    kills = chain_of_kills(
+        embed_args(archive / "slides", out),
+        events,
+        lambda: check_embed_folder(out),
+        tmp_path / "log",
+        np.random.default_rng(0),
+        script=REGISTER,
+    )
     assert kills >= 3
     assert main(embed_args(archive / "slides", out)) == 0
     assert_same_embed(out, archive / "reference")
@@ -512,8 +575,12 @@ def test_a_crash_inside_torch_save_keeps_the_previous_checkpoint(tmp_path, monke
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stale = tmp_path / f".model.pt.tmp-{HOST}-{int(dead.stdout)}"
     stale.write_bytes(b"partial")
     live = temporary_path(tmp_path / "curves.csv")  # this process: still writing

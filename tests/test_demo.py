@@ -9,8 +9,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the whole pipeline
 
 
 def test_small_demo_runs_the_whole_pipeline(tmp_path):
-    result = run_demo(tmp_path / "demo", n_slides=12, size_px=(1792, 1344), epochs=5,
-                      progress=False)
+    result = run_demo(
+        tmp_path / "demo", n_slides=12, size_px=(1792, 1344), epochs=5, progress=False
+    )
     assert result.n_slides == 12 and result.n_tiles > 12
     assert set(result.seconds) == {"slides", "tile+embed", "train", "heatmaps"}
     tasks = result.metrics["tasks"]

@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC = [(pkg, name) for pkg in ("wsi", "models", "wsi.tme") for name in importlib.import_module(pkg).__all__]
+PUBLIC = [
+    (pkg, name)
+    for pkg in ("wsi", "models", "wsi.tme")
+    for name in importlib.import_module(pkg).__all__
+]
 
 
 def _defining_module(package: str, name: str) -> str:
@@ -36,24 +40,39 @@ def _docstring(module_name: str, name: str, depth: int = 0) -> str | None:
     path = base / "__init__.py" if is_package else base.with_suffix(".py")
     body = ast.parse(path.read_text(encoding="utf-8")).body
     for i, node in enumerate(body):
-        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) \
-                and node.name == name:
+        if (
+            isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.name == name
+        ):
             return ast.get_docstring(node)
-        targets = node.targets if isinstance(node, ast.Assign) else (
-            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else ([node.target] if isinstance(node, ast.AnnAssign) else [])
+        )
         if any(isinstance(t, ast.Name) and t.id == name for t in targets):
             following = body[i + 1] if i + 1 < len(body) else None
-            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant) \
-                    and isinstance(following.value.value, str):
+            if (
+                isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
                 return following.value.value
             return None
-        if isinstance(node, ast.ImportFrom) and depth < 5 and any(
-                (a.asname or a.name) == name for a in node.names):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and depth < 5
+            and any((a.asname or a.name) == name for a in node.names)
+        ):
             original = next(a.name for a in node.names if (a.asname or a.name) == name)
-            source = importlib.util.resolve_name(
-                "." * node.level + (node.module or ""),
-                module_name if is_package else module_name.rpartition(".")[0],
-            ) if node.level else node.module
+            source = (
+                importlib.util.resolve_name(
+                    "." * node.level + (node.module or ""),
+                    module_name if is_package else module_name.rpartition(".")[0],
+                )
+                if node.level
+                else node.module
+            )
             return _docstring(source, original, depth + 1)
     raise AssertionError(f"{name} is not defined in {module_name}")
 
@@ -64,7 +83,8 @@ def test_public_name_has_a_docstring(package: str, name: str) -> None:
     assert doc and doc.strip(), (
         f"{package}.{name} is public ({package}.__all__) but has no docstring; the API "
         "reference page would show it blank. Add a one-line docstring that says what it is "
-        "and its units.")
+        "and its units."
+    )
 
 
 def test_every_public_name_is_in_the_api_reference() -> None:
@@ -84,22 +104,36 @@ def test_every_public_name_is_in_the_api_reference() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # executes the three notebooks (about 1.5 min on 2 cores)
 def test_docs_site_builds_strict(tmp_path: Path) -> None:
-    missing = [m for m in ("mkdocs", "material", "mkdocstrings_handlers", "mkdocs_jupyter",
-                           "nbclient") if importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in ("mkdocs", "material", "mkdocstrings_handlers", "mkdocs_jupyter", "nbclient")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
-        pytest.skip(f"docs tools not installed ({', '.join(missing)}): "
-                    "pip install -e '.[docs]' to build the site")
+        pytest.skip(
+            f"docs tools not installed ({', '.join(missing)}): "
+            "pip install -e '.[docs]' to build the site"
+        )
     site = tmp_path / "site"
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT, capture_output=True, text=True, timeout=840,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=840,
     )
     seconds = time.perf_counter() - start
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stderr[-6000:]}"
-    for page in ("index.html", "reference/cli/index.html", "reference/api-wsi/index.html",
-                 "reference/api-models/index.html", "reference/file-formats/index.html",
-                 "notebooks/01_quickstart/index.html", "notebooks/03_finetune_mil/index.html"):
+    for page in (
+        "index.html",
+        "reference/cli/index.html",
+        "reference/api-wsi/index.html",
+        "reference/api-models/index.html",
+        "reference/file-formats/index.html",
+        "notebooks/01_quickstart/index.html",
+        "notebooks/03_finetune_mil/index.html",
+    ):
         assert (site / page).is_file(), page
     cli = (site / "reference/cli/index.html").read_text()
     assert "--no-remove-pen" in cli and "--slide-mpp" in cli and "wsi embed" in cli

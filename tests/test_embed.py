@@ -65,8 +65,9 @@ def test_archive_files_in_clam_layout_and_skip_done(archive, tmp_path, monkeypat
         assert f["coords"].attrs["patch_level"] == 0
         feats = f["features"][()]
     grid = wsi.tile(wsi.open_slide(archive / "a.tiff"), mpp=0.5, size=224)
-    np.testing.assert_allclose(feats, tiny_encoders.tiny_encoder()(np.stack(list(grid))).numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        feats, tiny_encoders.tiny_encoder()(np.stack(list(grid))).numpy(), atol=1e-6
+    )
     assert (out / "patches" / "a.h5").exists() and (out / "qc" / "a.png").exists()
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "features" / "tiny").iterdir()}
@@ -85,8 +86,14 @@ def test_changed_parameter_re_embeds(archive, tmp_path):
     out = tmp_path / "out"
     embed_archive([archive / "a.tiff"], out, encoder="tiny", workers=0, progress=False)
     first = (out / "features" / "tiny" / "a.h5").stat().st_mtime_ns
-    rows = embed_archive([archive / "a.tiff"], out, encoder="tiny", workers=0, progress=False,
-                         tiling=TileOptions(mpp=1.0, size=112))
+    rows = embed_archive(
+        [archive / "a.tiff"],
+        out,
+        encoder="tiny",
+        workers=0,
+        progress=False,
+        tiling=TileOptions(mpp=1.0, size=112),
+    )
     assert rows[0]["status"] == "ok"
     assert (out / "features" / "tiny" / "a.h5").stat().st_mtime_ns != first
     with h5py.File(out / "features" / "tiny" / "a.h5") as f:
@@ -99,12 +106,19 @@ def test_bad_slides_fail_alone_and_blank_gives_empty_features(archive, tmp_path,
     write_reference_slide(archive / "nompp.tiff", 0.25, write_mpp=False)
     write_slide(archive / "blank.tiff", width=800, height=800, mpp=0.5)
     out = tmp_path / "out"
-    code = main(["embed", str(archive), "--out", str(out), "--encoder", "tiny", "--quiet",
-                 "--workers", "1"])
+    code = main(
+        ["embed", str(archive), "--out", str(out), "--encoder", "tiny", "--quiet", "--workers", "1"]
+    )
     assert code == 1
     status = {k: v["status"] for k, v in read_manifest(out).items()}
-    assert status == {"a": "ok", "b": "ok", "c": "ok", "broken": "failed", "nompp": "failed",
-                      "blank": "no_tissue"}
+    assert status == {
+        "a": "ok",
+        "b": "ok",
+        "c": "ok",
+        "broken": "failed",
+        "nompp": "failed",
+        "blank": "no_tissue",
+    }
     with h5py.File(out / "features" / "tiny" / "blank.h5") as f:
         assert f["features"].shape == (0, tiny_encoders.TINY_DIM)
     assert "Traceback" not in capsys.readouterr().out
@@ -156,8 +170,9 @@ def test_killed_run_resumes_only_the_unfinished_slide(archive, tmp_path):
     assert (feats / "a.h5").stat().st_mtime_ns == a_mtime  # finished slide untouched
     assert not list(feats.glob(".*tmp*"))  # stale temporary cleaned up
     assert set(read_manifest(out)) == {"a", "b", "c"}
-    reference = embed_archive([archive], tmp_path / "ref", encoder="tiny", workers=0,
-                              progress=False)
+    reference = embed_archive(
+        [archive], tmp_path / "ref", encoder="tiny", workers=0, progress=False
+    )
     assert [r["n_tiles"] for r in reference] == [r["n_tiles"] for r in rows]
     with h5py.File(feats / "b.h5") as f, h5py.File(tmp_path / "ref/features/tiny/b.h5") as g:
         assert np.array_equal(f["features"][()], g["features"][()])
@@ -179,12 +194,14 @@ def _corrupt_level0_tile(path, x, y):
 
 def test_a_corrupt_tile_is_skipped_and_counted(tmp_path):
     (tmp_path / "slides").mkdir()
-    path = write_reference_slide(tmp_path / "slides" / "c.tiff", 0.5, texture=12.0,
-                                 downsamples=(1, 4))
+    path = write_reference_slide(
+        tmp_path / "slides" / "c.tiff", 0.5, texture=12.0, downsamples=(1, 4)
+    )
     _corrupt_level0_tile(path, 700, 400)  # inside the tissue, under one 224-px tile or two
     out = tmp_path / "out"
-    rows = embed_archive([path], out, encoder="tiny", workers=0, progress=False,
-                         max_failed_fraction=0.5)
+    rows = embed_archive(
+        [path], out, encoder="tiny", workers=0, progress=False, max_failed_fraction=0.5
+    )
     row = rows[0]
     assert row["status"] == "ok"
     assert 1 <= row["failed_tiles"] <= 4 and row["n_tiles"] == TISSUE_TILES - row["failed_tiles"]
@@ -193,8 +210,14 @@ def test_a_corrupt_tile_is_skipped_and_counted(tmp_path):
         assert f["features"].shape[0] == f["coords"].shape[0] == row["n_tiles"]
         assert f["tissue_fraction"].shape[0] == row["n_tiles"]
         assert np.isfinite(f["features"][()]).all()
-    strict = embed_archive([path], tmp_path / "strict", encoder="tiny", workers=0,
-                           progress=False, max_failed_fraction=0.0)
+    strict = embed_archive(
+        [path],
+        tmp_path / "strict",
+        encoder="tiny",
+        workers=0,
+        progress=False,
+        max_failed_fraction=0.0,
+    )
     assert strict[0]["status"] == "failed" and "could not be decoded" in strict[0]["error"]
 
 

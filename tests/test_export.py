@@ -36,8 +36,17 @@ def cohort(tmp_path_factory):
     rng = np.random.default_rng(0)
     for path in sorted(slides.iterdir()):  # feature files as `wsi embed` writes them
         slide, _, grid = tile_slide(path, TileOptions())
-        with slide, FeatureWriter(features / f"{slide.slide_id}.h5", grid.coords, grid.attrs(),
-                                  provenance(slide, grid), DIM, {"encoder": "tiny"}) as w:
+        with (
+            slide,
+            FeatureWriter(
+                features / f"{slide.slide_id}.h5",
+                grid.coords,
+                grid.attrs(),
+                provenance(slide, grid),
+                DIM,
+                {"encoder": "tiny"},
+            ) as w,
+        ):
             w.write(0, rng.normal(size=(len(grid), DIM)).astype(np.float32))
             w.commit()
     tme = root / "tme"
@@ -45,11 +54,15 @@ def cohort(tmp_path_factory):
     for sid in ("a", "b"):
         coords = read_tile_file(features / f"{sid}.h5", features=False).coords
         n = len(coords)
-        table = pd.DataFrame({
-            "x": coords[:, 0], "y": coords[:, 1],
-            "role": [ROLES[i % 3] for i in range(n)],
-            "prob_tumour": np.linspace(0, 1, n), "n_lymphocytes": np.arange(n),
-        })
+        table = pd.DataFrame(
+            {
+                "x": coords[:, 0],
+                "y": coords[:, 1],
+                "role": [ROLES[i % 3] for i in range(n)],
+                "prob_tumour": np.linspace(0, 1, n),
+                "n_lymphocytes": np.arange(n),
+            }
+        )
         # a: where `wsi tme profile` writes it, rows shuffled; b: the flat layout, in order
         if sid == "a":
             (tme / "tme").mkdir()
@@ -57,14 +70,20 @@ def cohort(tmp_path_factory):
         else:
             table.drop(columns=["x", "y"]).to_csv(tme / "b.csv", index=False)
         centres = coords[:3] + 10
-        pd.DataFrame({"x": centres[:, 0], "y": centres[:, 1],
-                      "lymphocyte": [True, False, True]}).to_csv(tme / "nuclei" / f"{sid}.csv",
-                                                                 index=False)
-    pd.DataFrame({"slide_id": ["a", "b"], "fraction_tumour": [0.25, 0.5],
-                  "immune_phenotype": ["inflamed", "desert"]}).to_csv(tme / "tme.csv", index=False)
+        pd.DataFrame(
+            {"x": centres[:, 0], "y": centres[:, 1], "lymphocyte": [True, False, True]}
+        ).to_csv(tme / "nuclei" / f"{sid}.csv", index=False)
+    pd.DataFrame(
+        {
+            "slide_id": ["a", "b"],
+            "fraction_tumour": [0.25, 0.5],
+            "immune_phenotype": ["inflamed", "desert"],
+        }
+    ).to_csv(tme / "tme.csv", index=False)
     labels = root / "labels.csv"
-    pd.DataFrame({"slide_id": ["a", "b"], "tumour_type": ["luad", "lusc"],
-                  "score": [1.5, 2.5]}).to_csv(labels, index=False)
+    pd.DataFrame(
+        {"slide_id": ["a", "b"], "tumour_type": ["luad", "lusc"], "score": [1.5, 2.5]}
+    ).to_csv(labels, index=False)
     return {"root": root, "slides": slides, "features": features, "tme": tme, "labels": labels}
 
 
@@ -76,8 +95,14 @@ def checkpoint(cohort):
 
     bags = [read_tile_file(cohort["features"] / f"{s}.h5").features for s in ("a", "b")]
     labels = pd.DataFrame({"slide_id": ["a", "b"], "score": [1.0, 2.0]})
-    model = models.train(bags, labels, regress=["score"], encoder="tiny", progress=False,
-                         config=TrainConfig(epochs=1, hidden=8, val_fraction=0))
+    model = models.train(
+        bags,
+        labels,
+        regress=["score"],
+        encoder="tiny",
+        progress=False,
+        config=TrainConfig(epochs=1, hidden=8, val_fraction=0),
+    )
     return model.save(cohort["root"] / "model.pt")
 
 
@@ -97,8 +122,9 @@ def test_anndata_tile_level_round_trips_identically(cohort, tmp_path):
     pd.testing.assert_frame_equal(back.obs, adata.obs)
     for key in ("spatial", "spatial_um"):
         np.testing.assert_array_equal(back.obsm[key], adata.obsm[key])
-    np.testing.assert_array_equal(back.uns["spatial"]["b"]["images"]["lowres"],
-                                  adata.uns["spatial"]["b"]["images"]["lowres"])
+    np.testing.assert_array_equal(
+        back.uns["spatial"]["b"]["images"]["lowres"], adata.uns["spatial"]["b"]["images"]["lowres"]
+    )
     assert back.uns["wsi"]["encoder"] == "tiny"
 
 
@@ -178,8 +204,9 @@ def test_anndata_slide_level_is_mean_pooled_with_labels_and_tme(cohort):
     from wsi.export import to_anndata
     from wsi.store.h5 import read_tile_file
 
-    adata = to_anndata(cohort["features"], level="slide", tme=cohort["tme"],
-                       labels=cohort["labels"])
+    adata = to_anndata(
+        cohort["features"], level="slide", tme=cohort["tme"], labels=cohort["labels"]
+    )
     assert list(adata.obs_names) == ["a", "b"]
     for i, sid in enumerate(("a", "b")):
         feats = read_tile_file(cohort["features"] / f"{sid}.h5").features
@@ -203,8 +230,10 @@ def test_features_of_different_encoders_are_refused_naming_them(tmp_path):
 
     _fake_features(tmp_path / "one" / "s1.h5", "resnet50_trunc")
     _fake_features(tmp_path / "two" / "s2.h5", "uni", dim=4)
-    for call in (lambda: to_anndata([tmp_path / "one", tmp_path / "two"]),
-                 lambda: export_qupath([tmp_path / "one", tmp_path / "two"], tmp_path / "q")):
+    for call in (
+        lambda: to_anndata([tmp_path / "one", tmp_path / "two"]),
+        lambda: export_qupath([tmp_path / "one", tmp_path / "two"], tmp_path / "q"),
+    ):
         with pytest.raises(FeatureFileError, match="different encoders") as info:
             call()
         assert "resnet50_trunc" in str(info.value) and "uni" in str(info.value)
@@ -223,10 +252,13 @@ def test_cluster_labels_come_back_and_classify_qupath_tiles(cohort, tmp_path):
     back = pd.read_csv(csv, dtype={"slide_id": str})
     b = back[back["slide_id"] == "b"]
     np.testing.assert_array_equal(b[["x", "y"]], adata[adata.obs.slide_id == "b"].obs[["x", "y"]])
-    [path_a, path_b] = export_qupath(cohort["features"], tmp_path / "q", tile_labels=csv,
-                                     class_column="leiden")
-    names = [f["properties"]["classification"]["name"]
-             for f in json.loads(path_b.read_text())["features"]]
+    [path_a, path_b] = export_qupath(
+        cohort["features"], tmp_path / "q", tile_labels=csv, class_column="leiden"
+    )
+    names = [
+        f["properties"]["classification"]["name"]
+        for f in json.loads(path_b.read_text())["features"]
+    ]
     assert names == adata.obs["leiden"][adata.obs.slide_id == "b"].astype(str).tolist()
 
 
@@ -258,7 +290,10 @@ def test_qupath_geojson_has_one_detection_per_tile_with_roles_and_measurements(c
             assert m["n_lymphocytes"] == i
             assert m["n_lymphocytes_per_mm2"] == pytest.approx(i / TILE_MM2)
         assert [p["properties"]["classification"]["name"] for p in points] == [
-            "lymphocyte", "nucleus", "lymphocyte"]
+            "lymphocyte",
+            "nucleus",
+            "lymphocyte",
+        ]
         assert shapely.Point(points[0]["geometry"]["coordinates"]).x == tiles.coords[0, 0] + 10
 
 
@@ -267,8 +302,9 @@ def test_tile_images_have_the_right_size_and_um_per_px(cohort, tmp_path):
 
     from wsi.export import export_tiles, tile_image_mpp
 
-    result = export_tiles([cohort["slides"]], tmp_path, fmt="png", max_tiles=5,
-                          coords=cohort["features"])
+    result = export_tiles(
+        [cohort["slides"]], tmp_path, fmt="png", max_tiles=5, coords=cohort["features"]
+    )
     index = pd.read_csv(tmp_path / "index.csv")
     assert len(index) == 10 and index.groupby("slide_id").size().tolist() == [5, 5]
     assert result.failed == {}
@@ -289,8 +325,14 @@ def test_tile_images_by_role_as_jpeg_from_a_fresh_grid(cohort, tmp_path):
 
     from wsi.export import export_tiles, tile_image_mpp
 
-    result = export_tiles([cohort["slides"] / "b.tiff"], tmp_path, fmt="jpg", role="stroma",
-                          tme=cohort["tme"], quality=80)
+    result = export_tiles(
+        [cohort["slides"] / "b.tiff"],
+        tmp_path,
+        fmt="jpg",
+        role="stroma",
+        tme=cohort["tme"],
+        quality=80,
+    )
     index = result.index
     # tiles 1, 4, 7, 10 of 12 are stroma; the grid made now equals the embedded one
     assert index["tile_id"].tolist() == [1, 4, 7, 10]
@@ -314,11 +356,41 @@ def test_cli_export_anndata_and_qupath(cohort, tmp_path):
     from wsi.cli import main
 
     out = tmp_path / "s.h5ad"
-    assert main(["export", "anndata", "--features", str(cohort["features"]), "--out", str(out),
-                 "--level", "slide", "--labels", str(cohort["labels"]), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "anndata",
+                "--features",
+                str(cohort["features"]),
+                "--out",
+                str(out),
+                "--level",
+                "slide",
+                "--labels",
+                str(cohort["labels"]),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert ad.read_h5ad(out).shape == (2, DIM)
-    assert main(["export", "qupath", "--features", str(cohort["features"]), "--out",
-                 str(tmp_path / "q"), "--tme", str(cohort["tme"]), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "qupath",
+                "--features",
+                str(cohort["features"]),
+                "--out",
+                str(tmp_path / "q"),
+                "--tme",
+                str(cohort["tme"]),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["a.geojson", "b.geojson"]
 
 

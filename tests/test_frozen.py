@@ -65,8 +65,9 @@ def test_the_default_encoder_runs_a_frozen_graph_with_eager_features() -> None:
 
 @pytest.mark.parametrize("precision", ["bf16"])
 def test_autocast_precisions_stay_eager(precision: str) -> None:
-    encoder = load_encoder("efficientnet_lite0", weights="random", device="cpu",
-                           precision=precision)
+    encoder = load_encoder(
+        "efficientnet_lite0", weights="random", device="cpu", precision=precision
+    )
     encoder(np.zeros((1, 224, 224, 3), np.uint8))
     assert not encoder._graphs
 

@@ -42,10 +42,24 @@ STARTUP_S = 120.0
 """Extra time for the worker's first answer (imports on a busy machine)."""
 
 SEED_NAMES = ("tiff", "svs", "flat")
-_TAG_VALUES = (0, 1, 2, 3, 7, 8, 16, 255, 256, 257, 4096, 65535, 65536, 2**31 - 1, 2**31,
-               2**32 - 1)
-_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 4, 6: 1, 7: 1, 8: 2, 9: 4, 10: 4, 11: 4, 12: 8,
-               16: 8, 17: 8, 18: 8}
+_TAG_VALUES = (0, 1, 2, 3, 7, 8, 16, 255, 256, 257, 4096, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1)
+_TYPE_SIZES = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 4,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 4,
+    11: 4,
+    12: 8,
+    16: 8,
+    17: 8,
+    18: 8,
+}
 """TIFF field type → bytes per element written (rationals: the numerator)."""
 
 OUTCOMES: Counter[str] = Counter()
@@ -101,12 +115,21 @@ mutation = st.one_of(
     st.tuples(st.just("cut"), _position),
     st.tuples(st.just("insert"), _position, st.binary(min_size=1, max_size=64)),
     st.tuples(st.just("zero"), _position, st.integers(1, 4096)),
-    st.tuples(st.just("tag"), _index, _index,
-              st.one_of(st.sampled_from(_TAG_VALUES), st.integers(0, 2**32 - 1))),
-    st.tuples(st.just("tag-scale"), _index, _index, st.sampled_from(("+1", "-1", "*2", "/2",
-                                                                     "*1000"))),
-    st.tuples(st.just("entry"), _index, st.sampled_from(("code", "type", "count")),
-              st.one_of(st.sampled_from(_TAG_VALUES), st.integers(0, 2**32 - 1))),
+    st.tuples(
+        st.just("tag"),
+        _index,
+        _index,
+        st.one_of(st.sampled_from(_TAG_VALUES), st.integers(0, 2**32 - 1)),
+    ),
+    st.tuples(
+        st.just("tag-scale"), _index, _index, st.sampled_from(("+1", "-1", "*2", "/2", "*1000"))
+    ),
+    st.tuples(
+        st.just("entry"),
+        _index,
+        st.sampled_from(("code", "type", "count")),
+        st.one_of(st.sampled_from(_TAG_VALUES), st.integers(0, 2**32 - 1)),
+    ),
 )
 
 
@@ -124,8 +147,9 @@ def mutate(source: Seed, mutations: list[tuple]) -> bytes:
         offset, dtype, count, value_at = source.entries[m[1] % len(source.entries)]
         size = _TYPE_SIZES.get(int(dtype), 1)
         if m[0] == "entry":
-            at, width = {"code": (offset, 2), "type": (offset + 2, 2),
-                         "count": (offset + 4, 4)}[m[2]]
+            at, width = {"code": (offset, 2), "type": (offset + 2, 2), "count": (offset + 4, 4)}[
+                m[2]
+            ]
             _write_uint(buf, at, width, m[3])
             continue
         at = value_at + (m[2] % max(count, 1)) * size
@@ -133,8 +157,13 @@ def mutate(source: Seed, mutations: list[tuple]) -> bytes:
             _write_uint(buf, at, size, m[3])
         else:
             old = int.from_bytes(buf[at : at + size], "little") if at + size <= len(buf) else 0
-            new = {"+1": old + 1, "-1": old - 1, "*2": old * 2, "/2": old // 2,
-                   "*1000": old * 1000}[m[3]]
+            new = {
+                "+1": old + 1,
+                "-1": old - 1,
+                "*2": old * 2,
+                "/2": old // 2,
+                "*1000": old * 1000,
+            }[m[3]]
             _write_uint(buf, at, size, new)
     for m in mutations:
         if m[0] in ("tag", "tag-scale", "entry") or not buf:
@@ -168,8 +197,14 @@ class Worker:
         self.stderr = open(self.log_dir / f"worker-{self.starts}.log", "w")  # noqa: SIM115
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.badinputs.worker"], cwd=REPO, env=env, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, bufsize=1,
+            [sys.executable, "-m", "tests.badinputs.worker"],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            bufsize=1,
         )
         self.fresh = True
 
@@ -272,24 +307,43 @@ def test_unmutated_seeds_work(seeds, worker, name):
 
 # (what it broke before the fix, seed, [(mutation kind, page, tag code, element, value)])
 REGRESSIONS = {
-    "tile-length-0": ("ZeroDivisionError in the fast reader", "tiff",
-                      [("tag", 0, 323, 0, 0)]),
-    "tile-width-pair": ("TypeError in the fast reader", "tiff",
-                        [("entry", 0, 322, "count", 2)]),
-    "tile-length-373M": ("SIGABRT: glib could not allocate a 382 GB tile", "svs",
-                         [("tag", 2, 323, 0, 373_326_185)]),
-    "width-x1000": ("MemoryError: a 43 GB thumbnail strip", "tiff",
-                    [("tag-scale", 0, 256, 0, "*1000")]),
-    "thumbnail-subsampling": ("OpenSlideError reading the associated thumbnail", "svs",
-                              [("tag-scale", 1, 530, 1, "*2")]),
-    "description-byte-ff": ("KeyError reading openslide's properties", "svs",
-                            [("tag", 0, 270, 100, 0xFF)]),
-    "macro-height-x1000": ("MemoryError reading the associated macro image", "svs",
-                           [("tag-scale", 4, 257, 0, "*1000"), ("tag-scale", 4, 262, 0, "/2")]),
-    "wide-level-1": ("SIGFPE in openslide_open: level 1 wider than an empty level 0", "svs",
-                     [("tag", 0, 325, i, 0) for i in range(12)] + [("tag", 2, 256, 0, 2560)]),
-    "tile-width-1": ("SIGFPE in openslide_open: 256 tiles needed, 1 listed", "svs",
-                     [("tag", 0, 325, i, 0) for i in range(12)] + [("tag", 2, 322, 0, 1)]),
+    "tile-length-0": ("ZeroDivisionError in the fast reader", "tiff", [("tag", 0, 323, 0, 0)]),
+    "tile-width-pair": ("TypeError in the fast reader", "tiff", [("entry", 0, 322, "count", 2)]),
+    "tile-length-373M": (
+        "SIGABRT: glib could not allocate a 382 GB tile",
+        "svs",
+        [("tag", 2, 323, 0, 373_326_185)],
+    ),
+    "width-x1000": (
+        "MemoryError: a 43 GB thumbnail strip",
+        "tiff",
+        [("tag-scale", 0, 256, 0, "*1000")],
+    ),
+    "thumbnail-subsampling": (
+        "OpenSlideError reading the associated thumbnail",
+        "svs",
+        [("tag-scale", 1, 530, 1, "*2")],
+    ),
+    "description-byte-ff": (
+        "KeyError reading openslide's properties",
+        "svs",
+        [("tag", 0, 270, 100, 0xFF)],
+    ),
+    "macro-height-x1000": (
+        "MemoryError reading the associated macro image",
+        "svs",
+        [("tag-scale", 4, 257, 0, "*1000"), ("tag-scale", 4, 262, 0, "/2")],
+    ),
+    "wide-level-1": (
+        "SIGFPE in openslide_open: level 1 wider than an empty level 0",
+        "svs",
+        [("tag", 0, 325, i, 0) for i in range(12)] + [("tag", 2, 256, 0, 2560)],
+    ),
+    "tile-width-1": (
+        "SIGFPE in openslide_open: 256 tiles needed, 1 listed",
+        "svs",
+        [("tag", 0, 325, i, 0) for i in range(12)] + [("tag", 2, 322, 0, 1)],
+    ),
 }
 
 
@@ -298,11 +352,16 @@ def test_fuzz_findings_stay_fixed(seeds, worker, name):
     """Inputs the fuzzer found (a crash or a non-WsiError exception), now a WsiError or fine."""
     was, seed_name, edits = REGRESSIONS[name]
     source = seeds[seed_name]
-    mutations = [(kind, source.entry(page, code), element, value)
-                 for kind, page, code, element, value in edits]
+    mutations = [
+        (kind, source.entry(page, code), element, value)
+        for kind, page, code, element, value in edits
+    ]
     answer = check_file(worker, mutate(source, mutations), source.suffix, f"{name} ({was})")
-    expected = {"tile-length-373M": "373326185 px tiles", "wide-level-1": "larger than level 0",
-                "tile-width-1": "needs 256 tiles but lists 1"}
+    expected = {
+        "tile-length-373M": "373326185 px tiles",
+        "wide-level-1": "larger than level 0",
+        "tile-width-1": "needs 256 tiles but lists 1",
+    }
     if name in expected:
         assert answer["error"].startswith("SlideOpenError") and expected[name] in answer["error"]
 
@@ -312,7 +371,10 @@ def test_harness_catches_crashes_and_hangs(tmp_path):
     w = Worker(tmp_path, timeout_s=1.0)
     w.proc = subprocess.Popen(
         [sys.executable, "-c", "import ctypes, sys; sys.stdin.readline(); ctypes.string_at(0)"],
-        text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         bufsize=1,
     )
     w.stderr = open(tmp_path / "crash.log", "w")  # noqa: SIM115
@@ -320,8 +382,11 @@ def test_harness_catches_crashes_and_hangs(tmp_path):
     crashed = w.run(tmp_path / "x.tiff")
     assert crashed["outcome"] == "crash" and "-11" in crashed["error"]
     w.proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"], text=True,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=1,
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        bufsize=1,
     )
     w.fresh = False
     hung = w.run(tmp_path / "x.tiff")

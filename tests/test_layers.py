@@ -86,8 +86,11 @@ def test_layers_import_only_downwards():
 
 
 def test_models_never_imports_wsi():
-    assert [m for m, deps in _graph().items() if m.startswith("models")
-            and any(d.startswith("wsi") for d in deps)] == []
+    assert [
+        m
+        for m, deps in _graph().items()
+        if m.startswith("models") and any(d.startswith("wsi") for d in deps)
+    ] == []
 
 
 def test_no_import_cycles():

@@ -52,7 +52,9 @@ def test_reprs_are_one_line_with_size_and_scale(slide_025):
     mask = wsi.detect_tissue(slide)
     grid = wsi.tile(slide, mpp=0.5, size=224, mask=mask)
     texts = {
-        "slide": repr(slide), "mask": repr(mask), "grid": repr(grid),
+        "slide": repr(slide),
+        "mask": repr(mask),
+        "grid": repr(grid),
         "options": repr(wsi.TileOptions()),
     }
     for text in texts.values():
@@ -68,7 +70,10 @@ def test_reprs_are_one_line_with_size_and_scale(slide_025):
 def pen_slide(tmp_path):
     """Tissue at the left, a broad blue pen stroke on the glass at the right (0.5 µm/px)."""
     return write_slide(
-        tmp_path / "pen.tiff", width=2048, height=1024, mpp=0.5,
+        tmp_path / "pen.tiff",
+        width=2048,
+        height=1024,
+        mpp=0.5,
         regions=[Region(64, 64, 896, 896)],
         pen_marks=[PenMark(1200, 512, 1900, 512, width=320, color=(30, 60, 160))],
     )
@@ -82,8 +87,9 @@ def _n_tiles(h5: str) -> int:
 def test_pen_option_reaches_embed_archive(pen_slide, tmp_path):
     removed = wsi.embed_archive([pen_slide], tmp_path / "a", encoder="tiny", progress=False)
     keep = wsi.TileOptions(tissue=wsi.TissueOptions(remove_pen=False))
-    kept = wsi.embed_archive([pen_slide], tmp_path / "b", encoder="tiny", tiling=keep,
-                             progress=False)
+    kept = wsi.embed_archive(
+        [pen_slide], tmp_path / "b", encoder="tiny", tiling=keep, progress=False
+    )
     n_removed, n_kept = int(removed[0]["n_tiles"]), int(kept[0]["n_tiles"])
     assert n_removed == 16  # 896 px of tissue at 0.5 µm/px = 4 x 4 tiles of 112 µm
     assert n_kept >= n_removed + 6  # the stroke (350 x 160 µm) counts as tissue
@@ -95,10 +101,27 @@ def test_pen_option_reaches_embed_archive(pen_slide, tmp_path):
 
 def test_pen_flag_reaches_wsi_tile_and_embed(pen_slide, tmp_path):
     assert main(["tile", str(pen_slide), "--out", str(tmp_path / "t1"), "--quiet"]) == 0
-    assert main(["tile", str(pen_slide), "--out", str(tmp_path / "t2"), "--quiet",
-                 "--no-remove-pen"]) == 0
-    assert main(["embed", str(pen_slide), "--out", str(tmp_path / "e"), "--quiet",
-                 "--encoder", "tiny", "--no-remove-pen", "--min-tissue-area-um2", "1000"]) == 0
+    assert (
+        main(["tile", str(pen_slide), "--out", str(tmp_path / "t2"), "--quiet", "--no-remove-pen"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "embed",
+                str(pen_slide),
+                "--out",
+                str(tmp_path / "e"),
+                "--quiet",
+                "--encoder",
+                "tiny",
+                "--no-remove-pen",
+                "--min-tissue-area-um2",
+                "1000",
+            ]
+        )
+        == 0
+    )
     removed = _n_tiles(tmp_path / "t1" / "patches" / "pen.h5")
     kept = _n_tiles(tmp_path / "t2" / "patches" / "pen.h5")
     assert removed == 16 and kept >= removed + 6

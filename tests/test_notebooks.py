@@ -26,12 +26,16 @@ h5py = pytest.importorskip("h5py")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # three notebooks in kernels
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil", "04_tumour_microenvironment",
-         "05_survival", "06_subgroups")
+NAMES = (
+    "01_quickstart",
+    "02_batch_embedding",
+    "03_finetune_mil",
+    "04_tumour_microenvironment",
+    "05_survival",
+    "06_subgroups",
+)
 CELL_TIMEOUT_S = 900
 ENV_PROBE = "import os\nprint('OMP_NUM_THREADS=' + str(os.environ.get('OMP_NUM_THREADS')))"
-
-
 
 
 def _stdout(nb) -> str:
@@ -49,9 +53,7 @@ def _stdout(nb) -> str:
 def _images(nb) -> int:
     """Number of PNG images in the outputs (figures and displayed pictures)."""
     return sum(
-        "image/png" in out.get("data", {})
-        for cell in nb.cells
-        for out in cell.get("outputs", [])
+        "image/png" in out.get("data", {}) for cell in nb.cells for out in cell.get("outputs", [])
     )
 
 
@@ -70,9 +72,10 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("notebooks")
     jupyter = root / "jupyter"
     kernelspec.write_kernel_spec(jupyter / "kernels" / "python3")
-    assert json.loads((jupyter / "kernels" / "python3" / "kernel.json").read_text())["argv"][
-        0
-    ] == sys.executable
+    assert (
+        json.loads((jupyter / "kernels" / "python3" / "kernel.json").read_text())["argv"][0]
+        == sys.executable
+    )
     run_dir = root / "run"
     run_dir.mkdir()
     results = {}
@@ -86,7 +89,9 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
             nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
             nb.cells.append(nbformat.v4.new_code_cell(ENV_PROBE))
             client = nbclient.NotebookClient(
-                nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                nb,
+                timeout=CELL_TIMEOUT_S,
+                kernel_name="python3",
                 resources={"metadata": {"path": str(run_dir)}},
             )
             client.execute()
@@ -180,7 +185,10 @@ def test_tumour_microenvironment(executed: tuple[Path, dict]) -> None:
     with open(work / "tme_demo" / "tme.csv", newline="") as f:
         rows = {r["slide_id"]: r for r in csv.DictReader(f)}
     assert {sid: r["immune_phenotype"] for sid, r in rows.items()} == {
-        "desert_0": "desert", "excluded_0": "excluded", "inflamed_0": "inflamed"}
+        "desert_0": "desert",
+        "excluded_0": "excluded",
+        "inflamed_0": "inflamed",
+    }
     assert all(r["evaluable"] == "True" for r in rows.values())
     # roles, density and phenotype maps of three slides
     assert _images(notebooks["04_tumour_microenvironment"]) >= 9

@@ -86,7 +86,8 @@ def test_temporaries_of_dead_processes_on_this_host_are_removed(tmp_path):
     # the next holder of c's lock clears what c's previous holder (another host) left
     previous = {"host_tag": "elsewhere", "pid": dead}
     assert [p.name for p in remove_temporaries_of(tmp_path, "c.h5", previous)] == [
-        names["other_host"]]
+        names["other_host"]
+    ]
     assert remove_temporaries_of(tmp_path, "c.h5", None) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["alive"], names["not_ours"]])
 
@@ -139,7 +140,10 @@ def test_weak_rows_fill_gaps_and_replace_failures_only(tmp_path):
     late.flush()
     rows = read_manifest(tmp_path)
     assert {k: (v["status"], v["n_tiles"]) for k, v in rows.items()} == {
-        "a": ("ok", "7"), "b": ("ok", "3"), "c": ("ok", "4")}
+        "a": ("ok", "7"),
+        "b": ("ok", "3"),
+        "c": ("ok", "4"),
+    }
 
 
 @pytest.fixture
@@ -164,8 +168,13 @@ def _embed_process(archive, out, log, ready, go):
         "'tiny_logged', '--quiet', '--workers', '0', '--batch-size', '4']))"
     )
     env = dict(os.environ, **{tiny_encoders.ENCODE_LOG_ENV: str(log)})
-    return subprocess.Popen([sys.executable, "-c", script], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -176,8 +185,9 @@ def test_two_embed_runs_on_one_folder_embed_every_slide_once(archive, tmp_path):
     outputs = run_together(procs, ready, go)
     assert [p.returncode for p in procs] == [0, 0], outputs
 
-    reference = embed_archive([archive], tmp_path / "ref", encoder="tiny_logged", workers=0,
-                              batch_size=4, progress=False)
+    reference = embed_archive(
+        [archive], tmp_path / "ref", encoder="tiny_logged", workers=0, batch_size=4, progress=False
+    )
     n_tiles = {r["slide_id"]: r["n_tiles"] for r in reference}
     encoded = [line.split() for line in log.read_text().splitlines()]
     by_pid: dict[str, int] = {}
@@ -189,10 +199,13 @@ def test_two_embed_runs_on_one_folder_embed_every_slide_once(archive, tmp_path):
 
     manifest = read_manifest(out)
     assert {k: (v["status"], int(v["n_tiles"])) for k, v in manifest.items()} == {
-        k: ("ok", n) for k, n in n_tiles.items()}
+        k: ("ok", n) for k, n in n_tiles.items()
+    }
     for sid in n_tiles:
-        with h5py.File(out / f"features/tiny_logged/{sid}.h5") as f, \
-                h5py.File(tmp_path / f"ref/features/tiny_logged/{sid}.h5") as g:
+        with (
+            h5py.File(out / f"features/tiny_logged/{sid}.h5") as f,
+            h5py.File(tmp_path / f"ref/features/tiny_logged/{sid}.h5") as g,
+        ):
             assert np.array_equal(f["features"][()], g["features"][()])
             assert np.array_equal(f["coords"][()], g["coords"][()])
     leftovers = [p for p in out.rglob(".*") if p.is_file() and ".locks" not in p.parts]

@@ -30,8 +30,7 @@ def trained(tmp_path):
         bags.append(x)
     labels = pd.DataFrame({"slide_id": [f"s{i}" for i in range(4)], "y": ["a", "b"] * 2})
     config = TrainConfig(epochs=1, hidden=8, val_fraction=0)
-    model = models.train(bags, labels, classify=["y"], config=config, encoder="enc",
-                         progress=False)
+    model = models.train(bags, labels, classify=["y"], config=config, encoder="enc", progress=False)
     return model.save(tmp_path / "model.pt"), feats
 
 
@@ -44,8 +43,13 @@ def _torn_to_csv(self, path_or_buf=None, *args, **kwargs):
 
 def test_predict_writes_its_csvs_whole(trained, tmp_path):
     checkpoint, feats = trained
-    frame = predict_run(checkpoint, feats, tmp_path / "out" / "pred.csv",
-                        attention_dir=tmp_path / "att", progress=False)
+    frame = predict_run(
+        checkpoint,
+        feats,
+        tmp_path / "out" / "pred.csv",
+        attention_dir=tmp_path / "att",
+        progress=False,
+    )
     assert pd.read_csv(tmp_path / "out" / "pred.csv")["slide_id"].tolist() == list(frame.slide_id)
     assert sorted(p.name for p in (tmp_path / "att").iterdir()) == [f"s{i}.csv" for i in range(4)]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pred.csv"]

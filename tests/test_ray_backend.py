@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow  # a local Ray cluster
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'wsi[ray]')")
     ray.init(
-        num_cpus=2, include_dashboard=False, log_to_driver=False,
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
         object_store_memory=100 * 1024**2,
         # workers import the test encoders' module by reference (cloudpickle)
         runtime_env={"env_vars": {"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}},
@@ -43,8 +45,7 @@ def archive(tmp_path_factory):
 
 def _files(out):
     return sorted(
-        str(p.relative_to(out)) for p in out.rglob("*")
-        if p.is_file() and ".locks" not in p.parts
+        str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and ".locks" not in p.parts
     )
 
 
@@ -57,10 +58,12 @@ def _same_h5(a, b):
 
 def test_ray_writes_what_the_local_backend_writes(ray_cluster, archive, tmp_path):
     encoder = tiny_encoders.tiny_encoder()
-    local = embed_archive([archive], tmp_path / "local", encoder=encoder, workers=0,
-                          batch_size=4, progress=False)
-    on_ray = embed_archive([archive], tmp_path / "ray", encoder=encoder, batch_size=4,
-                           progress=False, backend="ray")
+    local = embed_archive(
+        [archive], tmp_path / "local", encoder=encoder, workers=0, batch_size=4, progress=False
+    )
+    on_ray = embed_archive(
+        [archive], tmp_path / "ray", encoder=encoder, batch_size=4, progress=False, backend="ray"
+    )
 
     def essentials(rows):
         return [(r["slide_id"], r["status"], r["n_tiles"], r["error"]) for r in rows]
@@ -70,16 +73,23 @@ def test_ray_writes_what_the_local_backend_writes(ray_cluster, archive, tmp_path
     assert "corrupt.svs" in on_ray[3]["error"]
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")
     for sid in "abc":
-        _same_h5(tmp_path / f"ray/features/tiny/{sid}.h5", tmp_path / f"local/features/tiny/{sid}.h5")
+        _same_h5(
+            tmp_path / f"ray/features/tiny/{sid}.h5", tmp_path / f"local/features/tiny/{sid}.h5"
+        )
         _same_h5(tmp_path / f"ray/patches/{sid}.h5", tmp_path / f"local/patches/{sid}.h5")
     manifest = read_manifest(tmp_path / "ray")
     assert {k: v["status"] for k, v in manifest.items()} == {
-        "a": "ok", "b": "ok", "c": "ok", "corrupt": "failed"}
+        "a": "ok",
+        "b": "ok",
+        "c": "ok",
+        "corrupt": "failed",
+    }
 
     # re-run: finished slides are answered from their files, nothing is rewritten
     stamp = (tmp_path / "ray/features/tiny/a.h5").stat().st_mtime_ns
-    again = embed_archive([archive], tmp_path / "ray", encoder=encoder, batch_size=4,
-                          progress=False, backend="ray")
+    again = embed_archive(
+        [archive], tmp_path / "ray", encoder=encoder, batch_size=4, progress=False, backend="ray"
+    )
     assert essentials(again) == essentials(local)
     assert (tmp_path / "ray/features/tiny/a.h5").stat().st_mtime_ns == stamp
 
@@ -96,10 +106,15 @@ def test_stain_normalisation_on_ray_fits_each_slide_as_locally(ray_cluster, arch
     on_ray = embed_archive(slides, tmp_path / "ray", backend="ray", stain="macenko", **kw)
     assert [r["status"] for r in plain + local + on_ray] == ["ok"] * 6
     for sid in "ab":
-        ray_file, local_file = (tmp_path / f"{run}/features/tiny/{sid}.h5" for run in ("ray", "local"))
+        ray_file, local_file = (
+            tmp_path / f"{run}/features/tiny/{sid}.h5" for run in ("ray", "local")
+        )
         _same_h5(ray_file, local_file)
-        with h5py.File(ray_file) as f, h5py.File(local_file) as g, \
-                h5py.File(tmp_path / f"plain/features/tiny/{sid}.h5") as p:
+        with (
+            h5py.File(ray_file) as f,
+            h5py.File(local_file) as g,
+            h5py.File(tmp_path / f"plain/features/tiny/{sid}.h5") as p,
+        ):
             fit = json.loads(f.attrs["provenance"])["stain"]
             assert fit == json.loads(g.attrs["provenance"])["stain"]
             assert fit["method"] == "macenko" and fit["pixels"] > 100_000
@@ -108,22 +123,44 @@ def test_stain_normalisation_on_ray_fits_each_slide_as_locally(ray_cluster, arch
 
 def test_a_killed_worker_is_retried_then_given_up(ray_cluster, archive, tmp_path):
     slides = [archive / "a.tiff", archive / "b.svs"]
-    reference = embed_archive(slides, tmp_path / "ref", encoder=tiny_encoders.tiny_encoder(),
-                              workers=0, batch_size=4, progress=False)
+    reference = embed_archive(
+        slides,
+        tmp_path / "ref",
+        encoder=tiny_encoders.tiny_encoder(),
+        workers=0,
+        batch_size=4,
+        progress=False,
+    )
     assert [r["status"] for r in reference] == ["ok", "ok"]
 
     marker = tmp_path / "killed-once"
-    rows = embed_archive(slides, tmp_path / "retried", encoder=tiny_encoders.kill_once_encoder(marker),
-                         batch_size=4, progress=False, backend="ray", ray=RayOptions(retries=1))
+    rows = embed_archive(
+        slides,
+        tmp_path / "retried",
+        encoder=tiny_encoders.kill_once_encoder(marker),
+        batch_size=4,
+        progress=False,
+        backend="ray",
+        ray=RayOptions(retries=1),
+    )
     assert marker.exists()  # a worker did die mid-slide ...
     assert [r["status"] for r in rows] == ["ok", "ok"]  # ... and its slide was redone
     for sid in "ab":
-        _same_h5(tmp_path / f"retried/features/tiny/{sid}.h5", tmp_path / f"ref/features/tiny/{sid}.h5")
+        _same_h5(
+            tmp_path / f"retried/features/tiny/{sid}.h5", tmp_path / f"ref/features/tiny/{sid}.h5"
+        )
     assert not [p for p in (tmp_path / "retried").rglob(".*tmp*")]
 
     marker = tmp_path / "killed-no-retry"
-    rows = embed_archive(slides, tmp_path / "no_retry", encoder=tiny_encoders.kill_once_encoder(marker),
-                         batch_size=4, progress=False, backend="ray", ray=RayOptions(retries=0))
+    rows = embed_archive(
+        slides,
+        tmp_path / "no_retry",
+        encoder=tiny_encoders.kill_once_encoder(marker),
+        batch_size=4,
+        progress=False,
+        backend="ray",
+        ray=RayOptions(retries=0),
+    )
     statuses = sorted(r["status"] for r in rows)
     assert statuses == ["failed", "ok"]
     failed = next(r for r in rows if r["status"] == "failed")
@@ -132,8 +169,19 @@ def test_a_killed_worker_is_retried_then_given_up(ray_cluster, archive, tmp_path
 
 
 def test_cli_ray_flag_uses_the_cluster(ray_cluster, archive, tmp_path, capsys):
-    code = main(["embed", str(archive / "a.tiff"), str(archive / "corrupt.svs"), "--out",
-                 str(tmp_path / "o"), "--ray", "--quiet", "--batch-size", "8"])
+    code = main(
+        [
+            "embed",
+            str(archive / "a.tiff"),
+            str(archive / "corrupt.svs"),
+            "--out",
+            str(tmp_path / "o"),
+            "--ray",
+            "--quiet",
+            "--batch-size",
+            "8",
+        ]
+    )
     assert code == 1
     rows = read_manifest(tmp_path / "o")
     assert rows["a"]["status"] == "ok" and int(rows["a"]["n_tiles"]) == 12

@@ -18,8 +18,14 @@ def _same_convs(module: nn.Module) -> int:
 
 @pytest.mark.parametrize(
     ("size", "kernel", "stride", "expected"),
-    [(224, 3, 2, (0, 1)), (112, 5, 2, (1, 2)), (225, 3, 2, (1, 1)), (14, 3, 1, (1, 1)),
-     (7, 1, 1, (0, 0)), (5, 5, 2, (2, 2))],
+    [
+        (224, 3, 2, (0, 1)),
+        (112, 5, 2, (1, 2)),
+        (225, 3, 2, (1, 1)),
+        (14, 3, 1, (1, 1)),
+        (7, 1, 1, (0, 0)),
+        (5, 5, 2, (2, 2)),
+    ],
 )
 def test_same_padding_matches_tensorflow(size, kernel, stride, expected) -> None:
     assert same_padding(size, kernel, stride) == expected

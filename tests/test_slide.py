@@ -96,7 +96,11 @@ def test_flat_tiff_opens_through_fallback(tmp_path):
     [
         (lambda d: d / "missing.svs", SlideNotFoundError, "no such file"),
         (lambda d: (d / "dir.svs").mkdir() or d / "dir.svs", SlideNotFoundError, "is a directory"),
-        (lambda d: (d / "empty.svs").write_bytes(b"") or d / "empty.svs", SlideOpenError, "empty file"),
+        (
+            lambda d: (d / "empty.svs").write_bytes(b"") or d / "empty.svs",
+            SlideOpenError,
+            "empty file",
+        ),
         (
             lambda d: (d / "text.svs").write_text("not a slide\n") and d / "text.svs",
             SlideOpenError,
@@ -190,7 +194,9 @@ def test_quickhash_reads_an_unchanged_file_once_and_a_changed_one_again(tmp_path
     path.write_bytes(b"x" * 3_000_000)
     opened = []
     real_open = builtins.open
-    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k))
+    monkeypatch.setattr(
+        builtins, "open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k)
+    )
     first = quickhash(path)
     assert quickhash(path) == first and len(opened) == 1
     path.write_bytes(b"y" * 3_000_000)
@@ -201,13 +207,19 @@ def test_quickhash_reads_an_unchanged_file_once_and_a_changed_one_again(tmp_path
 def test_thumbnail_within_half_a_pixel_of_a_level_is_that_level_1_to_1(tmp_path, monkeypatch):
     from wsi.synthetic.slides import Region, write_slide
 
-    path = write_slide(tmp_path / "odd.tiff", width=2001, height=1501, mpp=0.5,
-                       regions=[Region(300, 200, 1200, 900, shape="ellipse")],
-                       downsamples=(1, 4))
+    path = write_slide(
+        tmp_path / "odd.tiff",
+        width=2001,
+        height=1501,
+        mpp=0.5,
+        regions=[Region(300, 200, 1200, 900, shape="ellipse")],
+        downsamples=(1, 4),
+    )
     resizes = []
     original = Image.Image.resize
-    monkeypatch.setattr(Image.Image, "resize",
-                        lambda self, *a, **k: resizes.append(a) or original(self, *a, **k))
+    monkeypatch.setattr(
+        Image.Image, "resize", lambda self, *a, **k: resizes.append(a) or original(self, *a, **k)
+    )
     with wsi.open_slide(path) as s:
         ds = s.level_downsamples[1]
         assert ds != 4.0  # 501 x 376 px: 3.993, not 4

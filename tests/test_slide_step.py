@@ -29,16 +29,23 @@ def slides(tmp_path):
 
 def test_embed_slide_writes_what_a_run_writes_without_a_manifest(slides, tmp_path, monkeypatch):
     settings = EmbedSettings(encoder="tiny", batch_size=5, workers=0, progress=False)
-    rows = [embed_slide(slides / name, tmp_path / "steps", settings) for name in ("a.tiff", "b.svs")]
-    reference = embed_archive([slides], tmp_path / "ref", encoder="tiny", batch_size=5,
-                              workers=0, progress=False)
-    assert [(r["slide_id"], r["status"], r["n_tiles"]) for r in rows] == [
-        (r["slide_id"], r["status"], r["n_tiles"]) for r in reference] == [
-        ("a", "ok", TISSUE_TILES), ("b", "ok", TISSUE_TILES)]
+    rows = [
+        embed_slide(slides / name, tmp_path / "steps", settings) for name in ("a.tiff", "b.svs")
+    ]
+    reference = embed_archive(
+        [slides], tmp_path / "ref", encoder="tiny", batch_size=5, workers=0, progress=False
+    )
+    assert (
+        [(r["slide_id"], r["status"], r["n_tiles"]) for r in rows]
+        == [(r["slide_id"], r["status"], r["n_tiles"]) for r in reference]
+        == [("a", "ok", TISSUE_TILES), ("b", "ok", TISSUE_TILES)]
+    )
     assert not (tmp_path / "steps" / "manifest.csv").exists()  # the caller collects rows
     for sid in "ab":
-        with h5py.File(tmp_path / f"steps/features/tiny/{sid}.h5") as f, \
-                h5py.File(tmp_path / f"ref/features/tiny/{sid}.h5") as g:
+        with (
+            h5py.File(tmp_path / f"steps/features/tiny/{sid}.h5") as f,
+            h5py.File(tmp_path / f"ref/features/tiny/{sid}.h5") as g,
+        ):
             for name in ("features", "coords", "tissue_fraction"):
                 assert np.array_equal(f[name][()], g[name][()]), name
         assert (tmp_path / f"steps/qc/{sid}.png").exists()
@@ -53,8 +60,9 @@ def test_embed_slide_writes_what_a_run_writes_without_a_manifest(slides, tmp_pat
 
 def test_embed_slide_fails_a_bad_slide_in_its_row(tmp_path):
     (tmp_path / "x.svs").write_text("not a slide")
-    row = embed_slide(tmp_path / "x.svs", tmp_path / "out",
-                      EmbedSettings(encoder="tiny", progress=False))
+    row = embed_slide(
+        tmp_path / "x.svs", tmp_path / "out", EmbedSettings(encoder="tiny", progress=False)
+    )
     assert row["status"] == "failed" and "x.svs" in row["error"]
 
 
@@ -72,19 +80,26 @@ def test_embed_slide_waits_for_a_slide_another_process_holds(slides, tmp_path):
         held.release()
 
     threading.Thread(target=release_later).start()
-    row = embed_slide(slides / "a.tiff", out, EmbedSettings(encoder="tiny", progress=False,
-                                                            tiling=TileOptions(size=112)))
+    row = embed_slide(
+        slides / "a.tiff",
+        out,
+        EmbedSettings(encoder="tiny", progress=False, tiling=TileOptions(size=112)),
+    )
     assert released and row["status"] == "ok"
     assert (out / "features/tiny/a.h5").stat().st_mtime >= released[0] - 0.01
 
 
 def test_settings_repr_is_one_line():
     text = repr(EmbedSettings(encoder="tiny", batch_size=8, tiling=TileOptions(mpp=1.0)))
-    assert text == ("EmbedSettings(encoder='tiny', tiles 224 px at 1 µm/px, batch 8, "
-                    "device auto, workers auto, skip done)")
+    assert text == (
+        "EmbedSettings(encoder='tiny', tiles 224 px at 1 µm/px, batch 8, "
+        "device auto, workers auto, skip done)"
+    )
 
 
 def test_ray_runner_and_slide_step_do_not_import_the_embed_module():
-    code = ("import sys, wsi.pipeline.ray_runner, wsi.pipeline.slide_step; "
-            "assert 'wsi.pipeline.embed' not in sys.modules, 'import cycle'")
+    code = (
+        "import sys, wsi.pipeline.ray_runner, wsi.pipeline.slide_step; "
+        "assert 'wsi.pipeline.embed' not in sys.modules, 'import cycle'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

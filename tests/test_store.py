@@ -92,7 +92,9 @@ def test_reprs_are_one_line_with_name_size_and_scale(tmp_path):
         w.commit()
     assert repr(FeatureBag(tmp_path / "s.h5")) == "<FeatureBag 's.h5' 3 tiles × 4 (enc)>"
     back = read_tile_file(tmp_path / "s.h5")
-    assert repr(back) == "<TileFile 's.h5' 3 tiles, features 3 × 4 (enc), 448 px tiles at 0.5 µm/px>"
+    assert (
+        repr(back) == "<TileFile 's.h5' 3 tiles, features 3 × 4 (enc), 448 px tiles at 0.5 µm/px>"
+    )
     coords_only = read_tile_file(write_coords(tmp_path / "c.h5", coords, ATTRS, {}))
     assert repr(coords_only) == "<TileFile 'c.h5' 3 tiles, coords only, 448 px tiles>"
     for obj in (back, coords_only):

@@ -167,8 +167,13 @@ def test_specs_are_deterministic_given_the_seed():
 )
 def test_invalid_spec_is_refused(changes):
     fields = dict(
-        slide_id="s", patient_id="p", tumour_type="solid", immune_score=0.5,
-        width=2048, height=2048, seed=1,
+        slide_id="s",
+        patient_id="p",
+        tumour_type="solid",
+        immune_score=0.5,
+        width=2048,
+        height=2048,
+        seed=1,
     )
     with pytest.raises(InvalidParameterError):
         SlideSpec(**{**fields, **changes})

@@ -74,7 +74,9 @@ def test_overlap_and_min_tissue(slide_050):
     assert len(all_tiles) == 9 * 6  # 2048/224 = 9 columns, 1536/224 = 6 rows
     over = wsi.tile(slide, mpp=0.5, size=224, overlap=112, min_tissue=0.5, mask=mask)
     assert over.stride_level0 == pytest.approx(112.0)
-    assert np.diff(np.unique(over.coords[:, 0])).tolist() == [112] * (len(np.unique(over.coords[:, 0])) - 1)
+    assert np.diff(np.unique(over.coords[:, 0])).tolist() == [112] * (
+        len(np.unique(over.coords[:, 0])) - 1
+    )
     assert len(over) > 2 * TISSUE_TILES
     strict = wsi.tile(slide, mpp=0.5, size=224, min_tissue=1.0, mask=mask)
     assert len(strict) <= TISSUE_TILES
@@ -112,8 +114,14 @@ def test_blank_slide_gives_an_empty_grid(tmp_path):
 
 
 def test_slide_smaller_than_one_tile(tmp_path):
-    path = write_slide(tmp_path / "tiny.tiff", width=150, height=100, mpp=0.5,
-                       regions=[Region(0, 0, 150, 100)], downsamples=(1,))
+    path = write_slide(
+        tmp_path / "tiny.tiff",
+        width=150,
+        height=100,
+        mpp=0.5,
+        regions=[Region(0, 0, 150, 100)],
+        downsamples=(1,),
+    )
     with pytest.raises(SlideTooSmallError, match=r"tiny.tiff: the slide is 150x100 px = 75x50 µm"):
         _grid(path, mpp=0.5, size=224)
 
@@ -157,16 +165,22 @@ def _openslide_box(path, grid, i):
     return rgba_to_rgb(np.asarray(region))
 
 
-@pytest.mark.parametrize("flavour, downsamples, level", [
-    ("svs", (1, 4, 16), 0), ("tiff", (1, 4, 16), 0), ("svs", (1, 2, 8), 1),
-])
+@pytest.mark.parametrize(
+    "flavour, downsamples, level",
+    [
+        ("svs", (1, 4, 16), 0),
+        ("tiff", (1, 4, 16), 0),
+        ("svs", (1, 2, 8), 1),
+    ],
+)
 @pytest.mark.parametrize("fast_reads", [True, False])
 def test_scan_within_tolerance_gives_the_scanners_pixels(
     tmp_path, flavour, downsamples, level, fast_reads
 ):
     base = 0.499 / downsamples[level]  # the read level is 0.499 µm/px, 0.2 % finer than 0.5
-    path = write_reference_slide(tmp_path / f"n.{flavour}", base, flavour=flavour,
-                                 downsamples=downsamples, texture=1.0)
+    path = write_reference_slide(
+        tmp_path / f"n.{flavour}", base, flavour=flavour, downsamples=downsamples, texture=1.0
+    )
     slide = wsi.open_slide(path, fast_reads=fast_reads)
     grid = wsi.tile(slide, mpp=0.5, size=224)  # default tolerance 0.02
     assert grid.native and grid.level == level and grid.mpp_tolerance == 0.02
@@ -189,9 +203,15 @@ def test_native_tiles_on_a_level_with_a_fractional_downsample(tmp_path):
     path returns openslide's read_region of the box (which openslide shifts by a sub-pixel)."""
     import openslide
 
-    path = write_slide(tmp_path / "frac.svs", width=4003, height=3001, mpp=0.12475,
-                       regions=[Region(100, 100, 3800, 2800, texture=12)], flavour="svs",
-                       downsamples=(1, 4, 16))
+    path = write_slide(
+        tmp_path / "frac.svs",
+        width=4003,
+        height=3001,
+        mpp=0.12475,
+        regions=[Region(100, 100, 3800, 2800, texture=12)],
+        flavour="svs",
+        downsamples=(1, 4, 16),
+    )
     fast = wsi.tile(wsi.open_slide(path), mpp=0.5, size=224, min_tissue=0)
     plain = wsi.tile(wsi.open_slide(path, fast_reads=False), mpp=0.5, size=224, min_tissue=0)
     assert fast.native and fast.level == 1 and fast.slide.patch_backend == "fast-tiff"

@@ -273,12 +273,28 @@ def test_profile_cli_thresholds_and_slide_mpp_reach_the_settings():
     from wsi.errors import InvalidParameterError
     from wsi.pipeline.tme import profile_settings
 
-    args = build_parser().parse_args([
-        "tme", "profile", "s.svs", "--out", "o", "--classifier", "c",
-        "--inflamed-per-mm2", "400", "--excluded-per-mm2", "600", "--slide-mpp", "0.25",
-    ])
-    settings = profile_settings(inflamed_per_mm2=args.inflamed_per_mm2,
-                                excluded_per_mm2=args.excluded_per_mm2, slide_mpp=args.slide_mpp)
+    args = build_parser().parse_args(
+        [
+            "tme",
+            "profile",
+            "s.svs",
+            "--out",
+            "o",
+            "--classifier",
+            "c",
+            "--inflamed-per-mm2",
+            "400",
+            "--excluded-per-mm2",
+            "600",
+            "--slide-mpp",
+            "0.25",
+        ]
+    )
+    settings = profile_settings(
+        inflamed_per_mm2=args.inflamed_per_mm2,
+        excluded_per_mm2=args.excluded_per_mm2,
+        slide_mpp=args.slide_mpp,
+    )
     thresholds = settings.params.thresholds
     assert (thresholds.inflamed_per_mm2, thresholds.excluded_per_mm2) == (400.0, 600.0)
     assert thresholds.source == "user" and settings.slide_mpp == 0.25

@@ -481,28 +481,42 @@ def test_a_rerun_reuses_the_finished_folds_of_the_same_run_only(small, tmp_path)
     bags, labels, _ = small
     config = TrainConfig(epochs=2, **FAST)
     common = {"classify": ["tumour"], "regress": ["lymph_frac"], "folds": 3, "progress": False}
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     (tmp_path / "metrics.json").write_text('{"model": "abm')  # an older run's leftovers
     (tmp_path / "fold_4").mkdir()
     (tmp_path / "fold_4" / "metrics.json").write_text("{}")
     stale = tmp_path / f".predictions.csv.tmp-{HOST}-{int(dead.stdout)}"
     stale.write_text("slide_id,fo")
-    first = cross_validate(bags, labels, config=config, out_dir=tmp_path, data_key="v1",
-                           refit=True, **common)
+    first = cross_validate(
+        bags, labels, config=config, out_dir=tmp_path, data_key="v1", refit=True, **common
+    )
     assert first.reused_folds == [] and not stale.exists() and not (tmp_path / "fold_4").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "fold_0", "fold_1", "fold_2", "metrics.json", "model.pt", "predictions.csv"]
+        "fold_0",
+        "fold_1",
+        "fold_2",
+        "metrics.json",
+        "model.pt",
+        "predictions.csv",
+    ]
     fold_1 = json.loads((tmp_path / "fold_1" / "metrics.json").read_text())
-    assert fold_1["tasks"]["tumour"] == {k: v for k, v in first.metrics["tasks"]["tumour"][
-        "per_fold"][1].items() if k != "fold"}
-    alone = train(bags, labels, classify=["tumour"], regress=["lymph_frac"], config=config,
-                  progress=False)  # refit=True trains what train() trains
+    assert fold_1["tasks"]["tumour"] == {
+        k: v for k, v in first.metrics["tasks"]["tumour"]["per_fold"][1].items() if k != "fold"
+    }
+    alone = train(
+        bags, labels, classify=["tumour"], regress=["lymph_frac"], config=config, progress=False
+    )  # refit=True trains what train() trains
     assert torch.equal(first.final.model.projection[0].weight, alone.model.projection[0].weight)
 
     (tmp_path / "fold_1" / "metrics.json").unlink()  # fold 1 unfinished, as after a crash
-    again = cross_validate(bags, labels, config=config, out_dir=tmp_path, data_key="v1",
-                           refit=True, **common)
+    again = cross_validate(
+        bags, labels, config=config, out_dir=tmp_path, data_key="v1", refit=True, **common
+    )
     assert again.reused_folds == [0, 2]
     assert again.metrics == first.metrics
     pd.testing.assert_frame_equal(again.predictions, first.predictions, check_exact=True)
@@ -523,8 +537,9 @@ def test_a_rerun_reuses_the_finished_folds_of_the_same_run_only(small, tmp_path)
         result = cross_validate(bags, run.pop("labels"), out_dir=folder, **run, **common)
         assert result.reused_folds == [], change
     prefetching = TrainConfig(epochs=2, num_workers=1, **FAST)  # changes nothing: reused
-    result = cross_validate(bags, labels, config=prefetching, out_dir=tmp_path, data_key="v1",
-                            **common)
+    result = cross_validate(
+        bags, labels, config=prefetching, out_dir=tmp_path, data_key="v1", **common
+    )
     assert result.reused_folds == [0, 1, 2]
     pd.testing.assert_frame_equal(result.predictions, first.predictions, check_exact=True)
 
@@ -641,8 +656,7 @@ def test_small_cohorts_still_get_a_validation_split():
     """Every class smaller than the 5 validation splits: a plain patient split is used."""
     rng = np.random.default_rng(0)
     bags = [rng.normal(size=(10, 8)).astype(np.float32) for _ in range(9)]
-    labels = pd.DataFrame({"slide_id": [f"s{i}" for i in range(9)],
-                           "kind": ["a", "b", "c"] * 3})
+    labels = pd.DataFrame({"slide_id": [f"s{i}" for i in range(9)], "kind": ["a", "b", "c"] * 3})
     model = train(bags, labels, classify=["kind"], config=TrainConfig(epochs=2), progress=False)
     assert model.feature_dim == 8
 
@@ -664,8 +678,9 @@ def test_attention_gradients_do_not_depend_on_the_thread_count():
         "print(x.grad.numpy().tobytes().hex())"
     )
     grads = {
-        threads: subprocess.run([sys.executable, "-c", script, str(threads)], check=True,
-                                capture_output=True, text=True).stdout.strip()
+        threads: subprocess.run(
+            [sys.executable, "-c", script, str(threads)], check=True, capture_output=True, text=True
+        ).stdout.strip()
         for threads in (1, 2)
     }
     assert grads[1] == grads[2]

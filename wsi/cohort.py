@@ -415,7 +415,9 @@ class Cohort:
 
     def __repr__(self) -> str:
         left_out = (
-            len(self.missing_features) + len(self.unlabelled) + len(self.empty_bags)
+            len(self.missing_features)
+            + len(self.unlabelled)
+            + len(self.empty_bags)
             + len(self.unreadable)
         )
         held = "in RAM" if self.bags.cached else "streamed"

@@ -84,25 +84,48 @@ class TissueOptions:
     :class:`TileOptions`, so batch runs (``embed_archive``, ``wsi tile``/``wsi embed``
     flags) take the same options. Distances in µm, areas in µm²."""
 
-    remove_pen: bool = field(default=True, metadata={
-        "help": "remove green, blue and black pen ink (--no-remove-pen for stains that are "
-                "green or blue by design, e.g. trichrome, or slides with very dark folds)"})
-    threshold: float | None = field(default=None, metadata={
-        "flag": "--tissue-threshold", "type": float,
-        "help": "HSV saturation threshold in [0, 1] (default: Otsu, clamped to 0.05-0.15)"})
-    mask_mpp: float = field(default=DEFAULT_MASK_MPP, metadata={
-        "help": "µm per tissue-mask pixel (default %(default)s)"})
-    max_side: int = field(default=DEFAULT_MAX_MASK_SIDE, metadata={
-        "flag": "--max-mask-side", "help": "longest side of the tissue mask in pixels "
-                                           "(default %(default)s)"})
-    min_tissue_area_um2: float = field(default=DEFAULT_MIN_TISSUE_AREA_UM2, metadata={
-        "help": "drop tissue fragments smaller than this (µm², default %(default)s)"})
-    min_hole_area_um2: float = field(default=DEFAULT_MIN_HOLE_AREA_UM2, metadata={
-        "help": "fill holes in tissue smaller than this (µm², default %(default)s)"})
-    close_radius_um: float = field(default=DEFAULT_CLOSE_RADIUS_UM, metadata={
-        "help": "closing radius in µm (default %(default)s)"})
-    open_radius_um: float = field(default=DEFAULT_OPEN_RADIUS_UM, metadata={
-        "help": "opening radius in µm (default %(default)s)"})
+    remove_pen: bool = field(
+        default=True,
+        metadata={
+            "help": "remove green, blue and black pen ink (--no-remove-pen for stains that are "
+            "green or blue by design, e.g. trichrome, or slides with very dark folds)"
+        },
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata={
+            "flag": "--tissue-threshold",
+            "type": float,
+            "help": "HSV saturation threshold in [0, 1] (default: Otsu, clamped to 0.05-0.15)",
+        },
+    )
+    mask_mpp: float = field(
+        default=DEFAULT_MASK_MPP,
+        metadata={"help": "µm per tissue-mask pixel (default %(default)s)"},
+    )
+    max_side: int = field(
+        default=DEFAULT_MAX_MASK_SIDE,
+        metadata={
+            "flag": "--max-mask-side",
+            "help": "longest side of the tissue mask in pixels (default %(default)s)",
+        },
+    )
+    min_tissue_area_um2: float = field(
+        default=DEFAULT_MIN_TISSUE_AREA_UM2,
+        metadata={"help": "drop tissue fragments smaller than this (µm², default %(default)s)"},
+    )
+    min_hole_area_um2: float = field(
+        default=DEFAULT_MIN_HOLE_AREA_UM2,
+        metadata={"help": "fill holes in tissue smaller than this (µm², default %(default)s)"},
+    )
+    close_radius_um: float = field(
+        default=DEFAULT_CLOSE_RADIUS_UM,
+        metadata={"help": "closing radius in µm (default %(default)s)"},
+    )
+    open_radius_um: float = field(
+        default=DEFAULT_OPEN_RADIUS_UM,
+        metadata={"help": "opening radius in µm (default %(default)s)"},
+    )
 
     def check(self) -> None:
         """Raise :class:`InvalidParameterError` for values out of range."""
@@ -111,8 +134,12 @@ class TissueOptions:
             raise InvalidParameterError(f"max_side must be >= 1 pixel, got {self.max_side}")
         if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
             raise InvalidParameterError(f"threshold must be in [0, 1], got {self.threshold}")
-        for name in ("min_tissue_area_um2", "min_hole_area_um2", "close_radius_um",
-                     "open_radius_um"):
+        for name in (
+            "min_tissue_area_um2",
+            "min_hole_area_um2",
+            "close_radius_um",
+            "open_radius_um",
+        ):
             non_negative(getattr(self, name), name)
 
     def with_changes(self, **changes: Any) -> TissueOptions:
@@ -131,19 +158,32 @@ class TileOptions:
     """How slides are tiled in batch runs (``embed_archive``, ``wsi tile``, ``wsi embed``):
     the tile scale and size, which tiles are kept, and the tissue detection behind them."""
 
-    mpp: float = field(default=0.5, metadata={
-        "help": "tile scale in µm/px (default %(default)s ≈ 20x)"})
+    mpp: float = field(
+        default=0.5, metadata={"help": "tile scale in µm/px (default %(default)s ≈ 20x)"}
+    )
     size: int = field(default=224, metadata={"help": "tile side in pixels (default %(default)s)"})
-    overlap: int = field(default=0, metadata={
-        "help": "pixels shared by neighbouring tiles (default %(default)s)"})
-    min_tissue: float = field(default=0.5, metadata={
-        "help": "drop tiles with a smaller tissue fraction (default %(default)s)"})
-    slide_mpp: float | None = field(default=None, metadata={
-        "type": float, "help": "level-0 µm/px of every slide, overriding missing or wrong metadata"})
-    mpp_tolerance: float = field(default=DEFAULT_MPP_TOLERANCE, metadata={
-        "help": "read a pyramid level's own pixels, unresampled, when its µm/px is within this "
-                "relative difference of --mpp (default %(default)s: a 0.499 µm/px scan at 0.5; "
-                "0 = always resample to exactly --mpp)"})
+    overlap: int = field(
+        default=0, metadata={"help": "pixels shared by neighbouring tiles (default %(default)s)"}
+    )
+    min_tissue: float = field(
+        default=0.5,
+        metadata={"help": "drop tiles with a smaller tissue fraction (default %(default)s)"},
+    )
+    slide_mpp: float | None = field(
+        default=None,
+        metadata={
+            "type": float,
+            "help": "level-0 µm/px of every slide, overriding missing or wrong metadata",
+        },
+    )
+    mpp_tolerance: float = field(
+        default=DEFAULT_MPP_TOLERANCE,
+        metadata={
+            "help": "read a pyramid level's own pixels, unresampled, when its µm/px is within this "
+            "relative difference of --mpp (default %(default)s: a 0.499 µm/px scan at 0.5; "
+            "0 = always resample to exactly --mpp)"
+        },
+    )
     tissue: TissueOptions = field(default_factory=TissueOptions)
 
     def check(self) -> None:

@@ -95,21 +95,27 @@ class TileGrid:
 
     def __repr__(self) -> str:
         how = "native" if self.native else "resampled"
-        return (f"TileGrid({len(self)} tiles of {self.size} px at {self.achieved_mpp:g} µm/px "
-                f"({self.tile_size_um:g} µm), level {self.level} {how}, "
-                f"slide {self.slide.name!r})")
+        return (
+            f"TileGrid({len(self)} tiles of {self.size} px at {self.achieved_mpp:g} µm/px "
+            f"({self.tile_size_um:g} µm), level {self.level} {how}, "
+            f"slide {self.slide.name!r})"
+        )
 
     def _repr_png_(self) -> bytes:
         """A ~768-px thumbnail with the tissue outline and the tile grid (notebooks)."""
         from wsi.viz.qc import png_bytes, qc_image
 
         downsample = max(max(self.slide.dimensions) / 768, 1.0)
-        return png_bytes(qc_image(
-            self.slide.read_thumbnail(downsample), downsample,
-            tissue_mask=None if self.mask is None else self.mask.array,
-            mask_downsample=None if self.mask is None else self.mask.downsample,
-            coords=self.coords, tile_size_level0=self.size_level0,
-        ))
+        return png_bytes(
+            qc_image(
+                self.slide.read_thumbnail(downsample),
+                downsample,
+                tissue_mask=None if self.mask is None else self.mask.array,
+                mask_downsample=None if self.mask is None else self.mask.downsample,
+                coords=self.coords,
+                tile_size_level0=self.size_level0,
+            )
+        )
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])

@@ -130,19 +130,30 @@ class TissueMask:
     def __repr__(self) -> str:
         h, w = self.array.shape
         scale = f"{self.mpp:.3g} µm/px, " if self.mpp is not None else ""
-        return (f"TissueMask({w}x{h} px, {scale}downsample {self.downsample:.4g}, "
-                f"tissue {self.tissue_fraction:.1%})")
+        return (
+            f"TissueMask({w}x{h} px, {scale}downsample {self.downsample:.4g}, "
+            f"tissue {self.tissue_fraction:.1%})"
+        )
 
     def _repr_png_(self) -> bytes:
         """The thumbnail with the tissue outline, as notebooks show it."""
         from wsi.viz.qc import png_bytes, qc_image
 
-        base = self.thumbnail if self.thumbnail is not None else np.where(
-            self.array[..., None], np.uint8(200), np.uint8(255)).repeat(3, axis=2)
-        return png_bytes(qc_image(
-            base, self.downsample, tissue_mask=self.array, mask_downsample=None,
-            coords=np.zeros((0, 2), np.int64), tile_size_level0=1.0,
-        ))
+        base = (
+            self.thumbnail
+            if self.thumbnail is not None
+            else np.where(self.array[..., None], np.uint8(200), np.uint8(255)).repeat(3, axis=2)
+        )
+        return png_bytes(
+            qc_image(
+                base,
+                self.downsample,
+                tissue_mask=self.array,
+                mask_downsample=None,
+                coords=np.zeros((0, 2), np.int64),
+                tile_size_level0=1.0,
+            )
+        )
 
     @property
     def tissue_fraction(self) -> float:
@@ -363,8 +374,9 @@ def _white_balance_tables(image: np.ndarray) -> list[np.ndarray]:
     if glass.min() < _GLASS_MIN_VALUE or glass_saturation > _GLASS_MAX_SATURATION:
         glass = np.ones(3)
     levels = np.arange(256, dtype=np.float32)
-    return [np.minimum(levels * np.float32(1.0 / (255.0 * white)), np.float32(1.0))
-            for white in glass]
+    return [
+        np.minimum(levels * np.float32(1.0 / (255.0 * white)), np.float32(1.0)) for white in glass
+    ]
 
 
 def _balanced_planes(band: np.ndarray, tables: list[np.ndarray]) -> list[np.ndarray]:

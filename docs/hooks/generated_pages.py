@@ -57,7 +57,8 @@ def _options_table(parser: argparse.ArgumentParser) -> list[str]:
     lines = []
     for group in parser._action_groups:
         actions = [
-            a for a in group._group_actions
+            a
+            for a in group._group_actions
             if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)
         ]
         if not actions:
@@ -98,8 +99,14 @@ def cli_page() -> str:
     ]
     for name, sub in subparsers.choices.items():
         lines += [
-            f"## wsi {name}", "", _cell(helps.get(name, "")), "",
-            "```text", sub.format_usage().strip(), "```", "",
+            f"## wsi {name}",
+            "",
+            _cell(helps.get(name, "")),
+            "",
+            "```text",
+            sub.format_usage().strip(),
+            "```",
+            "",
             *_options_table(sub),
             *_verb_sections(sub, f"wsi {name}"),
         ]
@@ -114,8 +121,14 @@ def _verb_sections(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
         helps = {c.dest: c.help for c in group._choices_actions}
         for verb, sub in group.choices.items():
             lines += [
-                f"### {prefix} {verb}", "", _cell(helps.get(verb, "")), "",
-                "```text", sub.format_usage().strip(), "```", "",
+                f"### {prefix} {verb}",
+                "",
+                _cell(helps.get(verb, "")),
+                "",
+                "```text",
+                sub.format_usage().strip(),
+                "```",
+                "",
                 *_options_table(sub),
             ]
     return lines
@@ -153,8 +166,8 @@ def api_page(package: str, title: str, intro: str) -> str:
             lines += [
                 f"::: {_target(package, name)}",
                 "    options:",
-                f"      heading: \"{package}.{name}\"",
-                f"      toc_label: \"{name}\"",
+                f'      heading: "{package}.{name}"',
+                f'      toc_label: "{name}"',
                 "      heading_level: 3",
                 "",
             ]

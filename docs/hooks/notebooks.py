@@ -26,8 +26,14 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ("01_quickstart", "02_batch_embedding", "03_finetune_mil", "04_tumour_microenvironment",
-         "05_survival", "06_subgroups")
+NAMES = (
+    "01_quickstart",
+    "02_batch_embedding",
+    "03_finetune_mil",
+    "04_tumour_microenvironment",
+    "05_survival",
+    "06_subgroups",
+)
 CELL_TIMEOUT_S = 900
 
 _cache: dict[str, dict[str, str]] = {}  # code hash -> executed notebook JSON per name
@@ -65,10 +71,13 @@ def _execute() -> dict[str, str]:
             "WSI_NB_WORKDIR": str(run_dir / "nb_work"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
             "PYTHONPATH": os.pathsep.join(
-                [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+                [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
         }
-        saved = {k: os.environ.get(k) for k in (*env, "WSI_NB_SLIDE", "WSI_NB_SLIDES",
-                                                 "WSI_NB_SLIDE_MPP")}
+        saved = {
+            k: os.environ.get(k)
+            for k in (*env, "WSI_NB_SLIDE", "WSI_NB_SLIDES", "WSI_NB_SLIDE_MPP")
+        }
         try:
             for key in ("WSI_NB_SLIDE", "WSI_NB_SLIDES", "WSI_NB_SLIDE_MPP"):
                 os.environ.pop(key, None)
@@ -77,12 +86,16 @@ def _execute() -> dict[str, str]:
                 start = time.perf_counter()
                 nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
                 nbclient.NotebookClient(
-                    nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                    nb,
+                    timeout=CELL_TIMEOUT_S,
+                    kernel_name="python3",
                     resources={"metadata": {"path": str(run_dir)}},
                 ).execute()
                 executed[name] = nbformat.writes(nb)
-                print(f"INFO    -  notebook {name} executed in "
-                      f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
+                print(
+                    f"INFO    -  notebook {name} executed in {time.perf_counter() - start:.0f} s",
+                    file=sys.stderr,
+                )
         finally:
             for key, value in saved.items():
                 if value is None:
@@ -109,6 +122,12 @@ def on_files(files, config):
         # from src_dir/src_uri (a File.generated file has no src_dir, which it cannot use).
         src_uri = f"notebooks/{name}.ipynb"
         (_pages / src_uri).write_text(text, encoding="utf-8")
-        files.append(File(src_uri, src_dir=str(_pages), dest_dir=config["site_dir"],
-                          use_directory_urls=config["use_directory_urls"]))
+        files.append(
+            File(
+                src_uri,
+                src_dir=str(_pages),
+                dest_dir=config["site_dir"],
+                use_directory_urls=config["use_directory_urls"],
+            )
+        )
     return files

@@ -187,8 +187,14 @@ class FastTiffReader:
         try:
             with tifffile.TiffFile(path) as tif:
                 levels = _find_levels(tif, vendor)
-        except (OSError, ValueError, TypeError, LookupError, ArithmeticError,
-                tifffile.TiffFileError):
+        except (
+            OSError,
+            ValueError,
+            TypeError,
+            LookupError,
+            ArithmeticError,
+            tifffile.TiffFileError,
+        ):
             return None  # a directory tifffile cannot make sense of: openslide decides
         if not levels:
             return None

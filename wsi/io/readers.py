@@ -37,9 +37,7 @@ class Reader(Protocol):
         """RGB uint8 (height, width, 3); ``x, y`` in level-0 pixels, size in ``level`` pixels."""
         ...
 
-    def read_region_image(
-        self, x: int, y: int, level: int, width: int, height: int
-    ) -> Image.Image:
+    def read_region_image(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
         """The same region as an RGB PIL image (saves copies when PIL resizes it next)."""
         ...
 
@@ -79,7 +77,9 @@ class OpenSlideReader:
 
     def __repr__(self) -> str:
         w, h = self.level_dimensions[0]
-        return f"<OpenSlideReader {self._path.name!r} {w}×{h} px, {len(self.level_dimensions)} levels>"
+        return (
+            f"<OpenSlideReader {self._path.name!r} {w}×{h} px, {len(self.level_dimensions)} levels>"
+        )
 
     def associated_image_names(self) -> list[str]:
         return list(self._slide.associated_images.keys())
@@ -112,9 +112,7 @@ class OpenSlideReader:
     def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         return rgba_to_rgb(np.asarray(self._read_rgba(x, y, level, width, height)))
 
-    def read_region_image(
-        self, x: int, y: int, level: int, width: int, height: int
-    ) -> Image.Image:
+    def read_region_image(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
         return rgba_image_to_rgb(self._read_rgba(x, y, level, width, height))
 
     def _read_rgba(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
@@ -177,8 +175,11 @@ class FlatImageReader:
         except SlideOpenError:
             raise
         except Exception as exc:
-            what = "a TIFF whose directories cannot be read" if _is_tiff(path) else (
-                "not a readable image")
+            what = (
+                "a TIFF whose directories cannot be read"
+                if _is_tiff(path)
+                else ("not a readable image")
+            )
             raise SlideOpenError(
                 f"{path.name}: {what} ({type(exc).__name__}: {exc}); check the file is "
                 "complete (re-copy it) and is a slide or TIFF/JPEG/PNG.",
@@ -236,9 +237,7 @@ class FlatImageReader:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = self._rgb[y0:y1, x0:x1]
         return out
 
-    def read_region_image(
-        self, x: int, y: int, level: int, width: int, height: int
-    ) -> Image.Image:
+    def read_region_image(self, x: int, y: int, level: int, width: int, height: int) -> Image.Image:
         return Image.fromarray(self.read_region(x, y, level, width, height))
 
     def close(self) -> None:

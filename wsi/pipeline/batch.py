@@ -22,11 +22,25 @@ from wsi.store.manifest import Manifest, manifest_row
 
 SLIDE_EXTENSIONS = frozenset(
     {
-        ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
-        ".bif", ".dcm", ".jpg", ".jpeg", ".png", ".qptiff",
+        ".svs",
+        ".tif",
+        ".tiff",
+        ".ndpi",
+        ".vms",
+        ".vmu",
+        ".scn",
+        ".mrxs",
+        ".svslide",
+        ".bif",
+        ".dcm",
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".qptiff",
     }
 )
 """File extensions picked up when a folder is given (explicit files are always taken)."""
+
 
 def find_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand files, folders (searched recursively for :data:`SLIDE_EXTENSIONS`) and globs.
@@ -42,10 +56,15 @@ def find_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
         if p.is_dir() and is_dicom_series_folder(p):
             found.append(p)
         elif p.is_dir() and p.suffix.lower() not in SLIDE_EXTENSIONS:
-            found.extend(group_dicom_series(
-                sorted(q for q in p.rglob("*") if q.suffix.lower() in SLIDE_EXTENSIONS
-                       and not q.name.startswith("."))
-            ))
+            found.extend(
+                group_dicom_series(
+                    sorted(
+                        q
+                        for q in p.rglob("*")
+                        if q.suffix.lower() in SLIDE_EXTENSIONS and not q.name.startswith(".")
+                    )
+                )
+            )
         elif not p.exists() and glob.has_magic(text):
             found.extend(Path(m) for m in sorted(glob.glob(text, recursive=True)))
         else:
@@ -59,7 +78,9 @@ def find_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
 def duplicate_id_row(path: Path, first: Path) -> dict[str, Any]:
     """The ``failed`` row of a slide whose id (file name) an earlier slide already has."""
     return manifest_row(
-        path, "failed", error=f"duplicate slide id {slide_id_of(path)!r}: {first} has the same "
+        path,
+        "failed",
+        error=f"duplicate slide id {slide_id_of(path)!r}: {first} has the same "
         "file name; rename one so outputs do not overwrite each other",
     )
 
@@ -74,7 +95,9 @@ def failure_message(exc: BaseException) -> str:
     return f"internal error {type(exc).__name__}: {exc} (re-run with --debug for the traceback)"
 
 
-def failed_row(path: Path, exc: BaseException, started: float, debug: bool = False) -> dict[str, Any]:
+def failed_row(
+    path: Path, exc: BaseException, started: float, debug: bool = False
+) -> dict[str, Any]:
     """The ``failed`` row of a slide whose step raised ``exc`` (``started``: its
     ``time.perf_counter()`` start); with ``debug`` the traceback is printed too."""
     if debug:
@@ -84,7 +107,8 @@ def failed_row(path: Path, exc: BaseException, started: float, debug: bool = Fal
 
         tqdm.write(traceback.format_exc())
     return manifest_row(
-        path, "failed", seconds=time.perf_counter() - started, error=failure_message(exc))
+        path, "failed", seconds=time.perf_counter() - started, error=failure_message(exc)
+    )
 
 
 def clean_output_folder(out_dir: Path, features_dir: Path | None = None) -> None:
@@ -99,15 +123,26 @@ class RowRecorder:
     one), a failure printed as ``slide_id: failed: message``, counted on the slides bar."""
 
     def __init__(
-        self, manifest: Manifest | None, total: int, *, progress: bool = True,
-        desc: str = "slides", position: int | None = None,
+        self,
+        manifest: Manifest | None,
+        total: int,
+        *,
+        progress: bool = True,
+        desc: str = "slides",
+        position: int | None = None,
     ) -> None:
         from tqdm.auto import tqdm
 
         self.manifest = manifest
         self.rows: dict[int, dict[str, Any]] = {}
-        self._bar = tqdm(total=total, desc=desc, unit="slide", disable=not progress,
-                         position=position, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            unit="slide",
+            disable=not progress,
+            position=position,
+            dynamic_ncols=True,
+        )
 
     def __repr__(self) -> str:
         failed = sum(r["status"] == "failed" for r in self.rows.values())

@@ -40,18 +40,20 @@ class DemoResult:
         rho = t.get("immune_score", {}).get("spearman")
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())
         out = self.out_dir
-        return "\n".join([
-            f"wsi demo: {self.n_slides} synthetic slides, {self.n_tiles} tiles "
-            f"(224 px at 0.5 µm/px), total {sum(self.seconds.values()):.0f} s",
-            f"  stages: {stages}",
-            f"  tumour type ({self.folds}-fold CV, ABMIL): AUC {_fmt(auc)}, "
-            f"balanced accuracy {_fmt(bacc)}",
-            f"  immune score: Spearman {_fmt(rho)}",
-            f"  slides + labels:  {out / 'cohort'}",
-            f"  tiles, features:  {out / 'embed'} (manifest.csv, patches/, features/, qc/)",
-            f"  model + metrics:  {out / 'run'} (metrics.json, predictions.csv, model.pt)",
-            f"  heatmaps:         {out / 'heatmaps'}",
-        ])
+        return "\n".join(
+            [
+                f"wsi demo: {self.n_slides} synthetic slides, {self.n_tiles} tiles "
+                f"(224 px at 0.5 µm/px), total {sum(self.seconds.values()):.0f} s",
+                f"  stages: {stages}",
+                f"  tumour type ({self.folds}-fold CV, ABMIL): AUC {_fmt(auc)}, "
+                f"balanced accuracy {_fmt(bacc)}",
+                f"  immune score: Spearman {_fmt(rho)}",
+                f"  slides + labels:  {out / 'cohort'}",
+                f"  tiles, features:  {out / 'embed'} (manifest.csv, patches/, features/, qc/)",
+                f"  model + metrics:  {out / 'run'} (metrics.json, predictions.csv, model.pt)",
+                f"  heatmaps:         {out / 'heatmaps'}",
+            ]
+        )
 
 
 def demo_folds(labels_csv: Path) -> int:
@@ -96,30 +98,60 @@ def run_demo(
 
     out = Path(out_dir)
     result = DemoResult(out)
-    slides, labels = _timed(result, "slides", lambda: write_cohort(
-        out / "cohort", n_slides=n_slides, seed=seed, size_px=size_px, progress=progress))
-    rows = _timed(result, "tile+embed", lambda: embed_archive(
-        slides, out / "embed", progress=progress))
+    slides, labels = _timed(
+        result,
+        "slides",
+        lambda: write_cohort(
+            out / "cohort", n_slides=n_slides, seed=seed, size_px=size_px, progress=progress
+        ),
+    )
+    rows = _timed(
+        result, "tile+embed", lambda: embed_archive(slides, out / "embed", progress=progress)
+    )
     result.n_slides = len(rows)
     result.n_tiles = sum(int(r["n_tiles"]) for r in rows)
     features = out / "embed" / "features" / "efficientnet_lite0"
     config = TrainConfig(epochs=epochs, seed=seed)
     result.folds = demo_folds(labels)
-    cv, _ = _timed(result, "train", lambda: train_run(
-        features, labels, out / "run", classify=["tumour_type"], regress=["immune_score"],
-        folds=result.folds, config=config, progress=progress))
+    cv, _ = _timed(
+        result,
+        "train",
+        lambda: train_run(
+            features,
+            labels,
+            out / "run",
+            classify=["tumour_type"],
+            regress=["immune_score"],
+            folds=result.folds,
+            config=config,
+            progress=progress,
+        ),
+    )
     result.metrics = cv.metrics
 
     def heatmaps() -> list[Path]:
         written = []
         for path in slides[:HEATMAP_SLIDES]:
             sid = path.name.rsplit(".", 1)[0]
-            written += heatmap_run(out / "run" / "model.pt", path, features / f"{sid}.h5",
-                                   out / "heatmaps" / f"{sid}.png")
+            written += heatmap_run(
+                out / "run" / "model.pt",
+                path,
+                features / f"{sid}.h5",
+                out / "heatmaps" / f"{sid}.png",
+            )
         return written
 
     result.heatmaps = _timed(result, "heatmaps", heatmaps)
-    write_text_atomic(out / "demo_summary.json", json.dumps({
-        "n_slides": result.n_slides, "n_tiles": result.n_tiles, "seconds": result.seconds,
-        "metrics": result.metrics}, indent=2))
+    write_text_atomic(
+        out / "demo_summary.json",
+        json.dumps(
+            {
+                "n_slides": result.n_slides,
+                "n_tiles": result.n_tiles,
+                "seconds": result.seconds,
+                "metrics": result.metrics,
+            },
+            indent=2,
+        ),
+    )
     return result

@@ -111,9 +111,18 @@ def embed_archive(
     The keywords make an :class:`EmbedSettings`; :func:`run_embedding` takes one directly.
     """
     settings = EmbedSettings(
-        tiling=tiling or TileOptions(), encoder=encoder, weights=weights, batch_size=batch_size,
-        device=device, precision=precision, workers=workers, skip_done=skip_done,
-        max_failed_fraction=max_failed_fraction, progress=progress, debug=debug, stain=stain,
+        tiling=tiling or TileOptions(),
+        encoder=encoder,
+        weights=weights,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        workers=workers,
+        skip_done=skip_done,
+        max_failed_fraction=max_failed_fraction,
+        progress=progress,
+        debug=debug,
+        stain=stain,
     )
     return run_embedding(slides, out_dir, settings, backend=backend, ray=ray)
 
@@ -131,7 +140,8 @@ def plan_embedding(
         return plan_slides(paths)
     weights_key = settings.weights_key()
     return plan_slides(
-        paths, lambda p: features_done_row(out, p, settings, weights_key=weights_key))
+        paths, lambda p: features_done_row(out, p, settings, weights_key=weights_key)
+    )
 
 
 def run_embedding(

@@ -41,7 +41,10 @@ def heatmap_run(
     encoder = (tiles.features_attrs or {}).get("encoder") or None
     maps: dict[str, np.ndarray] = {}
     frame = models.predict(
-        trained, [tiles.features], ["slide"], encoder=encoder,
+        trained,
+        [tiles.features],
+        ["slide"],
+        encoder=encoder,
         on_attention=lambda _, m: maps.update(m),
     )
     out = Path(out_png)
@@ -57,8 +60,13 @@ def heatmap_run(
             prediction = row.get(f"{task}_pred", row.get(f"{task}_group", row.get(f"{task}_risk")))
             title = f"{slide.slide_id}: {task} attention (prediction: {_short(prediction)})"
             image = attention_overlay(
-                thumbnail, downsample, tiles.coords, size_level0, attention,
-                label=f"attention ({task})", title=title,
+                thumbnail,
+                downsample,
+                tiles.coords,
+                size_level0,
+                attention,
+                label=f"attention ({task})",
+                title=title,
             )
             path = out if i == 0 else out.with_name(f"{out.stem}_{task}.png")
             written.append(save_png(image, path))

@@ -68,8 +68,15 @@ class _SlideJob:
 
     def row(self, status: str, seconds: float, **extra: Any) -> Row:
         """This slide's manifest row."""
-        return manifest_row(self.path, status, n_tiles=extra.pop("n_tiles", self.n_tiles),
-                            mpp=self.mpp, mpp_source=self.mpp_source, seconds=seconds, **extra)
+        return manifest_row(
+            self.path,
+            status,
+            n_tiles=extra.pop("n_tiles", self.n_tiles),
+            mpp=self.mpp,
+            mpp_source=self.mpp_source,
+            seconds=seconds,
+            **extra,
+        )
 
     def release(self) -> None:
         """Let other processes at the slide: after its files and manifest row are final."""
@@ -157,12 +164,24 @@ class LocalRunner:
             prov = provenance(slide, grid, quickhash=key["slide_quickhash"], embed_key=key)
             write_coords(
                 self.out / "patches" / f"{slide.slide_id}.h5",
-                grid.coords, grid.attrs(), prov, tissue_fraction=grid.tissue_fraction,
+                grid.coords,
+                grid.attrs(),
+                prov,
+                tissue_fraction=grid.tissue_fraction,
             )
             job = _SlideJob(
-                index=index, path=path, slide_id=slide.slide_id, coords=grid.coords,
-                tissue_fraction=grid.tissue_fraction, attrs=grid.attrs(), provenance=prov,
-                mpp=slide.mpp, mpp_source=slide.mpp_source, started=start, grid=grid, lock=lock,
+                index=index,
+                path=path,
+                slide_id=slide.slide_id,
+                coords=grid.coords,
+                tissue_fraction=grid.tissue_fraction,
+                attrs=grid.attrs(),
+                provenance=prov,
+                mpp=slide.mpp,
+                mpp_source=slide.mpp_source,
+                started=start,
+                grid=grid,
+                lock=lock,
             )
             self._put(job)
             try:
@@ -176,8 +195,9 @@ class LocalRunner:
     def _specs(self, items: list[tuple[int, Path]]) -> Iterator[BatchSpec]:
         # Started on the first request, after the loader has forked its workers, so no
         # worker is forked while this thread holds a lock.
-        thread = threading.Thread(target=self._tile_all, args=(items,), name="wsi-tiling",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=self._tile_all, args=(items,), name="wsi-tiling", daemon=True
+        )
         thread.start()
         while (event := self._events.get()) is not None:
             if isinstance(event, _Decided):
@@ -202,7 +222,10 @@ class LocalRunner:
         if job.stain is not None:
             prov["stain"] = job.stain.as_dict()
         job.writer = FeatureWriter(
-            self.settings.features_path(self.out, job.slide_id), job.coords, job.attrs, prov,
+            self.settings.features_path(self.out, job.slide_id),
+            job.coords,
+            job.attrs,
+            prov,
             enc.feature_dim,
             {"encoder": self.settings.encoder_name, "weights_sha256": enc.weights_sha256 or ""},
             tissue_fraction=job.tissue_fraction,
@@ -218,8 +241,9 @@ class LocalRunner:
         """Encode one batch into the slide's feature file; note its undecodable tiles."""
         if batch.error is not None:
             raise RuntimeError(batch.error)
-        patches = self._stain_normalised(job, batch.patches) if self.settings.stain else (
-            batch.patches)
+        patches = (
+            self._stain_normalised(job, batch.patches) if self.settings.stain else (batch.patches)
+        )
         if job.writer is None:
             self._open_writer(job)
         assert job.writer is not None
@@ -267,8 +291,9 @@ class LocalRunner:
         job.failed = True
         if job.writer is not None:
             job.writer.abort()
-        self.recorder.record(job.index, job.row(
-            "failed", time.perf_counter() - job.started, error=message))
+        self.recorder.record(
+            job.index, job.row("failed", time.perf_counter() - job.started, error=message)
+        )
         job.release()
 
     def _final_row(self, job: _SlideJob) -> tuple[Row, bool]:
@@ -280,12 +305,18 @@ class LocalRunner:
             return job.row("failed", seconds, error=job.qc_error), False
         if n_bad > limit * job.n_tiles:
             return job.row(
-                "failed", seconds, failed_tiles=n_bad,
+                "failed",
+                seconds,
+                failed_tiles=n_bad,
                 error=f"{n_bad} of {job.n_tiles} tiles could not be decoded (more than "
-                f"{limit:.0%}); first: {job.tile_error}"), False
+                f"{limit:.0%}); first: {job.tile_error}",
+            ), False
         kept = job.n_tiles - n_bad
         return job.row(
-            "ok" if kept else "no_tissue", seconds, n_tiles=kept, failed_tiles=n_bad,
+            "ok" if kept else "no_tissue",
+            seconds,
+            n_tiles=kept,
+            failed_tiles=n_bad,
             error=f"skipped {n_bad} undecodable tiles; first: {job.tile_error}" if n_bad else "",
         ), True
 
@@ -307,11 +338,18 @@ class LocalRunner:
         """Process the (index, path) slides; each one's row goes to the recorder."""
         from tqdm.auto import tqdm
 
-        self._tile_bar = tqdm(desc="tiles", unit="tile", disable=not self.settings.progress,
-                              position=1, leave=False, dynamic_ncols=True)
+        self._tile_bar = tqdm(
+            desc="tiles",
+            unit="tile",
+            disable=not self.settings.progress,
+            position=1,
+            leave=False,
+            dynamic_ncols=True,
+        )
         pin = self.settings.encoder_device(self._encoder).type == "cuda"
-        loader = patch_loader(self._specs(list(items)),
-                              self.settings.reader_workers(self._encoder), pin_memory=pin)
+        loader = patch_loader(
+            self._specs(list(items)), self.settings.reader_workers(self._encoder), pin_memory=pin
+        )
         try:
             for batch in loader:
                 self._consume(batch)

@@ -50,8 +50,10 @@ class Plan:
 
     def __repr__(self) -> str:
         duplicates = len(self.rows) - len(self.found_done)
-        return (f"Plan({len(self.slides)} slides: {len(self.todo)} to do, "
-                f"{len(self.found_done)} done, {duplicates} duplicate ids)")
+        return (
+            f"Plan({len(self.slides)} slides: {len(self.todo)} to do, "
+            f"{len(self.found_done)} done, {duplicates} duplicate ids)"
+        )
 
     def todo_items(self) -> list[tuple[int, Path]]:
         """(index, path) of each slide to do."""
@@ -109,14 +111,21 @@ def _checked(done: DoneCheck | None, path: Path) -> Row | None:
 def _done_row(path: Path, provenance: dict[str, Any], n_tiles: int) -> Row:
     tiling = provenance.get("tiling", {})
     return manifest_row(
-        path, "ok" if n_tiles else "no_tissue", n_tiles=n_tiles,
-        mpp=tiling.get("mpp_level0"), mpp_source=tiling.get("mpp_source"),
+        path,
+        "ok" if n_tiles else "no_tissue",
+        n_tiles=n_tiles,
+        mpp=tiling.get("mpp_level0"),
+        mpp_source=tiling.get("mpp_source"),
     )
 
 
 def features_done_row(
-    out_dir: Path, path: Path, settings: EmbedSettings, key: dict[str, Any] | None = None,
-    *, weights_key: Any = None,
+    out_dir: Path,
+    path: Path,
+    settings: EmbedSettings,
+    key: dict[str, Any] | None = None,
+    *,
+    weights_key: Any = None,
 ) -> Row | None:
     """The row of a slide whose ``features/{encoder}/{id}.h5`` has the provenance key
     ``key`` (None: computed from the slide and ``weights_key``), or None (to do: missing,
@@ -185,7 +194,9 @@ def slides_in_turn(
 
 
 def wait_for_slide(
-    out_dir: Path, path: Path, features_dir: Path | None = None,
+    out_dir: Path,
+    path: Path,
+    features_dir: Path | None = None,
     stop: threading.Event | None = None,
 ) -> FileLock | None:
     """Wait until the process working on ``path`` lets go of it; None when ``stop`` is set."""
@@ -193,8 +204,10 @@ def wait_for_slide(
 
     sid = slide_id_of(path)
     holder = lock_holder(slide_lock_path(out_dir, sid)) or {}
-    tqdm.write(f"{sid}: being processed by {holder.get('host', '?')} pid "
-               f"{holder.get('pid', '?')}; waiting for it")
+    tqdm.write(
+        f"{sid}: being processed by {holder.get('host', '?')} pid "
+        f"{holder.get('pid', '?')}; waiting for it"
+    )
     while stop is None or not stop.is_set():
         lock = take_slide(out_dir, sid, features_dir, wait=True, timeout_s=1.0)
         if lock is not None:

@@ -60,8 +60,15 @@ def predict_run(
             if len(bag) == 0:
                 continue  # no tissue: nothing to predict (the manifest says no_tissue)
             on_attention = None if folder is None else _attention_writer(folder, bag)
-            frames.append(models.predict(trained, [bag.load()], [slide_id],
-                                         encoder=bag.encoder or None, on_attention=on_attention))
+            frames.append(
+                models.predict(
+                    trained,
+                    [bag.load()],
+                    [slide_id],
+                    encoder=bag.encoder or None,
+                    on_attention=on_attention,
+                )
+            )
         except FeatureFileError as exc:
             failed[slide_id] = str(exc)
     if not frames and mismatched:
@@ -76,8 +83,9 @@ def predict_run(
         )
     rows = [frame.assign(error="") for frame in frames]
     rows += [pd.DataFrame({"slide_id": [sid], "error": [msg]}) for sid, msg in failed.items()]
-    frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame({"slide_id": [],
-                                                                          "error": []})
+    frame = (
+        pd.concat(rows, ignore_index=True) if rows else pd.DataFrame({"slide_id": [], "error": []})
+    )
     order = {sid: i for i, sid in enumerate(files)}
     frame = frame.sort_values("slide_id", key=lambda ids: ids.map(order), kind="stable")
     frame = frame[[c for c in frame.columns if c != "error"] + ["error"]].reset_index(drop=True)

@@ -76,8 +76,9 @@ def connect_ray(ray: Any, address: str | None) -> bool:
         return False
     import logging
 
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False)
+    ray.init(
+        address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
+    )
     return True
 
 
@@ -105,8 +106,11 @@ def _placement(ray: Any, options: RayOptions, device: str | None) -> _Placement:
     cpus = options.cpus_per_task
     if cpus is None:
         gpu_nodes = [n for n in nodes if n.get("GPU", 0) > 0]
-        cpus = (max(1.0, min(8.0, min(n.get("CPU", 1) / n["GPU"] for n in gpu_nodes)))
-                if gpus > 0 and gpu_nodes else 1.0)
+        cpus = (
+            max(1.0, min(8.0, min(n.get("CPU", 1) / n["GPU"] for n in gpu_nodes)))
+            if gpus > 0 and gpu_nodes
+            else 1.0
+        )
     fits = [n for n in nodes if n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus]
     if not fits:
         raise InvalidParameterError(
@@ -165,7 +169,8 @@ def _gave_up_row(path: Path, exc: BaseException, attempts: int) -> dict[str, Any
     first = str(exc).strip().splitlines()
     detail = first[0] if first else type(exc).__name__
     return manifest_row(
-        path, "failed",
+        path,
+        "failed",
         error=f"Ray task failed {attempts} times ({type(exc).__name__}: {detail}); see the Ray "
         "worker logs (/tmp/ray/session_latest/logs) and re-run to retry",
     )
@@ -201,7 +206,10 @@ def _run_tasks(
 
 
 def run_on_ray(
-    plan: Plan, out_dir: Path, settings: EmbedSettings, options: RayOptions,
+    plan: Plan,
+    out_dir: Path,
+    settings: EmbedSettings,
+    options: RayOptions,
     manifest: Manifest | None,
 ) -> list[dict[str, Any]]:
     """Run a plan's slides as Ray tasks, one per slide; return one row per slide (in order),
@@ -216,19 +224,31 @@ def run_on_ray(
         place = _placement(ray, options, settings.device)
         clean_output_folder(out_dir, settings.features_dir(out_dir))
         # an Encoder object travels once through the object store; the settings carry its name
-        encoder = settings.encoder if isinstance(settings.encoder, str) else ray.put(settings.encoder)
+        encoder = (
+            settings.encoder if isinstance(settings.encoder, str) else ray.put(settings.encoder)
+        )
         shipped = replace(settings, encoder=settings.encoder_name, device=place.device)
         task = ray.remote(embed_slide_task).options(
-            num_cpus=place.cpus, num_gpus=place.gpus, max_retries=options.retries,
-            retry_exceptions=True, name="wsi-embed-slide",
+            num_cpus=place.cpus,
+            num_gpus=place.gpus,
+            max_retries=options.retries,
+            retry_exceptions=True,
+            name="wsi-embed-slide",
         )
         recorder = RowRecorder(manifest, len(plan.slides), progress=settings.progress)
-        plan.run(recorder, lambda items: _run_tasks(
-            ray, iter(items),
-            lambda path: task.remote(os.fspath(path), os.fspath(out_dir), shipped, encoder,
-                                     place.cpus),
-            recorder.record, options.max_pending or 2 * place.slots, options.retries + 1,
-        ))
+        plan.run(
+            recorder,
+            lambda items: _run_tasks(
+                ray,
+                iter(items),
+                lambda path: task.remote(
+                    os.fspath(path), os.fspath(out_dir), shipped, encoder, place.cpus
+                ),
+                recorder.record,
+                options.max_pending or 2 * place.slots,
+                options.retries + 1,
+            ),
+        )
         return recorder.ordered()
     finally:
         if started_here:

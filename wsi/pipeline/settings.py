@@ -31,7 +31,9 @@ def encoder_dirname(name: str) -> str:
 
 
 def resolve_encoder(
-    encoder: str | Encoder, weights: str | os.PathLike[str] | None, device: str | None,
+    encoder: str | Encoder,
+    weights: str | os.PathLike[str] | None,
+    device: str | None,
     precision: str,
 ) -> Encoder:
     """An ``Encoder`` object as it is, or a name loaded with ``models.load_encoder``."""
@@ -103,13 +105,16 @@ class EmbedSettings:
         self.tiling.check()
         if self.stain not in (None, "macenko"):
             raise InvalidParameterError(
-                f"stain normalisation must be None or 'macenko', got {self.stain!r}")
+                f"stain normalisation must be None or 'macenko', got {self.stain!r}"
+            )
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise InvalidParameterError(
-                f"batch size must be a positive integer, got {self.batch_size!r}")
+                f"batch size must be a positive integer, got {self.batch_size!r}"
+            )
         if not self.max_failed_fraction >= 0.0:
             raise InvalidParameterError(
-                f"max_failed_fraction must be ≥ 0, got {self.max_failed_fraction!r}")
+                f"max_failed_fraction must be ≥ 0, got {self.max_failed_fraction!r}"
+            )
 
     def check_encoder(self) -> None:
         """Fail fast on an unknown encoder name, without building the model."""
@@ -174,8 +179,11 @@ class EmbedSettings:
         """The ``torch.device`` the encoder runs on (``loaded``: an encoder already placed)."""
         from models.encoders import resolve_device
 
-        return (getattr(loaded, "device", None) or getattr(self.encoder, "device", None)
-                or resolve_device(self.device))
+        return (
+            getattr(loaded, "device", None)
+            or getattr(self.encoder, "device", None)
+            or resolve_device(self.device)
+        )
 
     def reader_workers(self, loaded: Encoder | None = None) -> int:
         """Patch-reader processes: ``workers``, or the default for the encoder's device."""

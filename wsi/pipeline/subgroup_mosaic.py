@@ -51,7 +51,9 @@ def group_mosaics(
                 continue
             top, similarity = _representative(tiles.features, TILES_PER_SLIDE)
             with open_slide(paths[sid]) as slide:
-                patches += [read_stored_tile(slide, tiles.coords[j], tiles.coords_attrs) for j in top]
+                patches += [
+                    read_stored_tile(slide, tiles.coords[j], tiles.coords_attrs) for j in top
+                ]
             scores += similarity.tolist()
             captions += [sid] * len(top)
         if patches:

@@ -56,8 +56,15 @@ def tile_slide(path: Path, options: TileOptions) -> tuple[Slide, TissueMask, Til
     slide = open_slide(path, mpp=options.slide_mpp)
     slide.mpp  # noqa: B018 - fail early with the clear "no mpp" message
     mask = detect_tissue(slide, options.tissue)
-    grid = tile(slide, options.mpp, options.size, options.overlap, options.min_tissue, mask,
-                mpp_tolerance=options.mpp_tolerance)
+    grid = tile(
+        slide,
+        options.mpp,
+        options.size,
+        options.overlap,
+        options.min_tissue,
+        mask,
+        mpp_tolerance=options.mpp_tolerance,
+    )
     return slide, mask, grid
 
 
@@ -152,7 +159,9 @@ def tile_archive(
     options = options or TileOptions()
     options.check()
     out = Path(out_dir)
-    plan = plan_slides(list(slides), (lambda p: tiles_done_row(out, p, options)) if skip_done else None)
+    plan = plan_slides(
+        list(slides), (lambda p: tiles_done_row(out, p, options)) if skip_done else None
+    )
     clean_output_folder(out)
     recorder = RowRecorder(Manifest(out / "manifest.csv"), len(plan.slides), progress=progress)
 

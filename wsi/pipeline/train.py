@@ -63,10 +63,20 @@ def train_run(
     cohort = load_cohort(features_dir, labels, targets=classify + regress + columns)
     with _run_folder_lock(Path(out_dir)):
         cv = models.cross_validate(
-            cohort.bags, cohort.labels.reset_index(drop=True), classify=classify,
-            regress=regress, folds=folds, arch=arch, config=config, out_dir=Path(out_dir),
-            encoder=cohort.encoder, progress=progress, refit=True,
-            data_key=_features_key(cohort), survival=survival, survival_times=survival_times,
+            cohort.bags,
+            cohort.labels.reset_index(drop=True),
+            classify=classify,
+            regress=regress,
+            folds=folds,
+            arch=arch,
+            config=config,
+            out_dir=Path(out_dir),
+            encoder=cohort.encoder,
+            progress=progress,
+            refit=True,
+            data_key=_features_key(cohort),
+            survival=survival,
+            survival_times=survival_times,
             treatment=treatment,
         )
         for spec in survival:
@@ -87,10 +97,15 @@ def _km_figure(cv: Any, cohort: Cohort, task: str, out_dir: Path) -> Path:
     patients = table.groupby("patient", sort=False).first()
     entry = cv.metrics["tasks"][task]
     p = entry.get("logrank_p")
-    title = f"{task}: out-of-fold risk groups" + (f", log-rank p = {p:.3g}" if p is not None else "")
+    title = f"{task}: out-of-fold risk groups" + (
+        f", log-rank p = {p:.3g}" if p is not None else ""
+    )
     return km_plot(
-        time=patients[f"{task}_time"], event=patients[f"{task}_event"],
-        group=patients[f"{task}_group"], out_png=out_dir / f"km_{task}.png", title=title,
+        time=patients[f"{task}_time"],
+        event=patients[f"{task}_event"],
+        group=patients[f"{task}_group"],
+        out_png=out_dir / f"km_{task}.png",
+        title=title,
     )
 
 
@@ -120,4 +135,3 @@ def _features_key(cohort: Cohort) -> str:
         files.append([path.name, stat.st_size, stat.st_mtime_ns])
     text = json.dumps([cohort.encoder, cohort.feature_dim, files])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-

@@ -132,8 +132,14 @@ class FileLock:
 
     def _record_holder(self) -> None:
         assert self._fd is not None
-        info = json.dumps({"host": socket.gethostname(), "host_tag": HOST, "pid": os.getpid(),
-                           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode()
+        info = json.dumps(
+            {
+                "host": socket.gethostname(),
+                "host_tag": HOST,
+                "pid": os.getpid(),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        ).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, info, 0)
 
@@ -176,16 +182,23 @@ def slide_outputs(
 ) -> list[tuple[Path, str]]:
     """(folder, file name) of every output of one slide, for temporary cleanup."""
     out = Path(out_dir)
-    items = [(out / "patches", f"{slide_id}.h5"), (out / "qc", f"{slide_id}.png"),
-             (out / "qc", f"{slide_id}.geojson")]
+    items = [
+        (out / "patches", f"{slide_id}.h5"),
+        (out / "qc", f"{slide_id}.png"),
+        (out / "qc", f"{slide_id}.geojson"),
+    ]
     if features_dir is not None:
         items.append((features_dir, f"{slide_id}.h5"))
     return items
 
 
 def take_slide(
-    out_dir: str | os.PathLike[str], slide_id: str, features_dir: Path | None = None,
-    *, wait: bool = False, timeout_s: float | None = None,
+    out_dir: str | os.PathLike[str],
+    slide_id: str,
+    features_dir: Path | None = None,
+    *,
+    wait: bool = False,
+    timeout_s: float | None = None,
 ) -> FileLock | None:
     """Lock one slide's outputs in ``out_dir`` and clear its leftover temporaries.
 

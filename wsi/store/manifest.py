@@ -16,7 +16,14 @@ from wsi.io.slide import display_path, slide_id_of
 from wsi.store.folder import FileLock
 
 MANIFEST_COLUMNS = (
-    "slide_id", "path", "status", "n_tiles", "mpp", "mpp_source", "seconds", "error",
+    "slide_id",
+    "path",
+    "status",
+    "n_tiles",
+    "mpp",
+    "mpp_source",
+    "seconds",
+    "error",
 )
 STATUSES = ("ok", "no_tissue", "failed")
 
@@ -67,7 +74,9 @@ class Manifest:
         save_interval_s: float = 5.0,
     ) -> None:
         self.path = Path(path)
-        self.columns = list(MANIFEST_COLUMNS) + [c for c in extra_columns if c not in MANIFEST_COLUMNS]
+        self.columns = list(MANIFEST_COLUMNS) + [
+            c for c in extra_columns if c not in MANIFEST_COLUMNS
+        ]
         self.save_interval_s = save_interval_s
         self.rows: dict[str, dict[str, Any]] = self._read()
         self._strong: set[str] = set()

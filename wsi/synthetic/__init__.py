@@ -1,2 +1,1 @@
-"""Synthetic slides with known tissue and mpp (tests, benchmarks) and the demo cohort.
-"""
+"""Synthetic slides with known tissue and mpp (tests, benchmarks) and the demo cohort."""

@@ -329,7 +329,9 @@ def train_tile_classifier(
             "jitter_shift": jitter_shift,
             "copies": copies,
             "seed": seed,
-            "tiles_per_class": {n: list(tile_set.labels).count(n) for n in sorted(set(tile_set.labels))},
+            "tiles_per_class": {
+                n: list(tile_set.labels).count(n) for n in sorted(set(tile_set.labels))
+            },
             "source": str(tiles),
             "library_version": library_version(),
         },

@@ -1,2 +1,1 @@
-"""Pictures and drawings: QC thumbnails, attention heatmaps, GeoJSON for QuPath.
-"""
+"""Pictures and drawings: QC thumbnails, attention heatmaps, GeoJSON for QuPath."""
