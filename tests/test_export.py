@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import TISSUE_TILES, TISSUE_UM, write_reference_slide
+from tests.conftest import TISSUE_TILES, TISSUE_UM
+from tests.export_cohort import write_feature_cohort
 from wsi.errors import FeatureFileError, InvalidParameterError
 from wsi.store.h5 import FeatureWriter
 
@@ -23,32 +24,10 @@ TILE_MM2 = (TILE_UM / 1000) ** 2
 def cohort(tmp_path_factory):
     """Two slides (0.5 µm/px SVS and 0.25 µm/px TIFF) with random 8-d feature files, and a
     TME folder: per-tile tables (rows shuffled, keyed by x, y), tme.csv and nuclei."""
-    from wsi.options import TileOptions
-    from wsi.pipeline.tile import provenance, tile_slide
     from wsi.store.h5 import read_tile_file
 
     root = tmp_path_factory.mktemp("export")
-    slides = root / "slides"
-    slides.mkdir()
-    write_reference_slide(slides / "a.svs", 0.5, flavour="svs")
-    write_reference_slide(slides / "b.tiff", 0.25)
-    features = root / "out" / "features" / "tiny"
-    rng = np.random.default_rng(0)
-    for path in sorted(slides.iterdir()):  # feature files as `wsi embed` writes them
-        slide, _, grid = tile_slide(path, TileOptions())
-        with (
-            slide,
-            FeatureWriter(
-                features / f"{slide.slide_id}.h5",
-                grid.coords,
-                grid.attrs(),
-                provenance(slide, grid),
-                DIM,
-                {"encoder": "tiny"},
-            ) as w,
-        ):
-            w.write(0, rng.normal(size=(len(grid), DIM)).astype(np.float32))
-            w.commit()
+    features = write_feature_cohort(root, DIM)
     tme = root / "tme"
     (tme / "nuclei").mkdir(parents=True)
     for sid in ("a", "b"):
@@ -84,6 +63,7 @@ def cohort(tmp_path_factory):
     pd.DataFrame(
         {"slide_id": ["a", "b"], "tumour_type": ["luad", "lusc"], "score": [1.5, 2.5]}
     ).to_csv(labels, index=False)
+    slides = root / "slides"
     return {"root": root, "slides": slides, "features": features, "tme": tme, "labels": labels}
 
 

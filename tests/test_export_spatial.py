@@ -6,44 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import TISSUE_TILES, TISSUE_UM, write_reference_slide
-from wsi.store.h5 import FeatureWriter
+from tests.conftest import TISSUE_TILES, TISSUE_UM
+from tests.export_cohort import SLIDE_MPP, write_feature_cohort
 
 pytest.importorskip("spatialdata", reason='SpatialData export needs pip install "wsi[spatial]"')
 
 DIM = 8
 TILE_UM = 112.0  # 224 px at 0.5 µm/px
-MPP = {"a": 0.5, "b": 0.25}
+MPP = SLIDE_MPP
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Two slides (0.5 µm/px SVS and 0.25 µm/px TIFF) with random 8-d feature files."""
-    from wsi.options import TileOptions
-    from wsi.pipeline.tile import provenance, tile_slide
 
     root = tmp_path_factory.mktemp("spatial")
-    slides = root / "slides"
-    slides.mkdir()
-    write_reference_slide(slides / "a.svs", MPP["a"], flavour="svs")
-    write_reference_slide(slides / "b.tiff", MPP["b"])
-    features = root / "out" / "features" / "tiny"
-    rng = np.random.default_rng(0)
-    for path in sorted(slides.iterdir()):
-        slide, _, grid = tile_slide(path, TileOptions())
-        with (
-            slide,
-            FeatureWriter(
-                features / f"{slide.slide_id}.h5",
-                grid.coords,
-                grid.attrs(),
-                provenance(slide, grid),
-                DIM,
-                {"encoder": "tiny"},
-            ) as w,
-        ):
-            w.write(0, rng.normal(size=(len(grid), DIM)).astype(np.float32))
-            w.commit()
+    features = write_feature_cohort(root, DIM)
     labels = root / "labels.csv"
     pd.DataFrame({"slide_id": ["a", "b"], "tumour_type": ["luad", "lusc"]}).to_csv(
         labels, index=False
