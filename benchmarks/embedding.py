@@ -12,20 +12,25 @@ Prints:
    memory, which must stay flat: target < 2 GB above the model).
 
 The encoder alone is measured just before and just after each end-to-end run (their mean is
-the reference), so load changes on a shared machine hit both sides of the ratio.
+the reference), so load changes on a shared machine hit both sides of the ratio. It runs as a
+notebook user runs it: one process, all torch threads. ``--lanes auto,0`` alternates the
+library's default (encoding lanes on a CPU: processes that read and encode) with encoding in
+the main process, round by round; the encoder alone in as many one-process lanes (no reads)
+is printed too, the ceiling of the lanes.
 
 ``--precision fp32`` pins the encoder's precision (``auto`` picks bf16
 on CPUs with AMX/AVX512-BF16).
 
 Usage: python benchmarks/embedding.py [--encoder efficientnet_lite0] [--weights random]
        [--device cpu|cuda] [--precision auto|fp32|bf16] [--slides 2] [--tiles-side 32]
-       [--small-slides 4] [--batch-size 32] [--repeats 3]
+       [--small-slides 4] [--batch-size 32] [--repeats 3] [--lanes auto,0]
        [--skip-rss] [--skip-bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import shutil
@@ -52,6 +57,24 @@ def encoder_only(enc, batch: torch.Tensor, seconds: float = 8.0) -> float:
         enc(batch)
         n += batch.shape[0]
     return n / (time.perf_counter() - start)
+
+
+def _lane_encoder_only(enc, batch: torch.Tensor, threads: int, seconds: float) -> float:
+    torch.set_num_threads(threads)
+    return encoder_only(enc, batch, seconds)
+
+
+def lanes_encoder_only(enc, batch: torch.Tensor, lanes: int, seconds: float = 8.0) -> float:
+    """tiles/s of ``lanes`` forked processes each running the encoder alone, all at once
+    (each with its share of the torch threads): what encoding lanes could reach with free
+    reads."""
+    threads = max(1, torch.get_num_threads() // lanes)
+    with multiprocessing.get_context("fork").Pool(lanes) as pool:
+        jobs = [
+            pool.apply_async(_lane_encoder_only, (enc, batch, threads, seconds))
+            for _ in range(lanes)
+        ]
+        return sum(job.get() for job in jobs)
 
 
 def write_archive(folder: Path, slides: int, tiles_side: int, slide_mpp: float) -> None:
@@ -89,8 +112,11 @@ def write_biopsies(folder: Path, slides: int, tiles_side: int) -> int:
     return slides * tiles_side**2
 
 
-def ratio_run(enc, batch: torch.Tensor, slides: Path, out: Path, args) -> tuple[float, float, int]:
-    """(end-to-end ÷ encoder-only tiles/s, end-to-end seconds, tiles) for one archive run."""
+def ratio_run(
+    enc, batch: torch.Tensor, slides: Path, out: Path, args, lanes: int | None = None
+) -> tuple[float, float, int]:
+    """(end-to-end ÷ encoder-only tiles/s, end-to-end seconds, tiles) for one archive run
+    with ``lanes`` encoding lanes (None: the library's choice)."""
     before = encoder_only(enc, batch, 5.0)
     load = os.getloadavg()[0]
     t = time.perf_counter()
@@ -100,6 +126,7 @@ def ratio_run(enc, batch: torch.Tensor, slides: Path, out: Path, args) -> tuple[
         encoder=enc,
         batch_size=args.batch_size,
         workers=args.workers,
+        lanes=lanes,
         device=args.device,
         progress=False,
     )
@@ -109,7 +136,7 @@ def ratio_run(enc, batch: torch.Tensor, slides: Path, out: Path, args) -> tuple[
     tiles = sum(int(row["n_tiles"]) for row in rows)
     alone = (before + after) / 2
     print(
-        f"  {slides.name}: encoder alone "
+        f"  {slides.name}, lanes {'auto' if lanes is None else lanes}: encoder alone "
         f"{alone:.1f} tiles/s, end to end {tiles / seconds:.1f} tiles/s ({tiles} tiles, "
         f"{seconds:.1f} s), ratio {tiles / seconds / alone:.3f}, load {load:.1f}",
         file=sys.stderr,
@@ -117,11 +144,11 @@ def ratio_run(enc, batch: torch.Tensor, slides: Path, out: Path, args) -> tuple[
     return tiles / seconds / alone, seconds - tiles / alone, tiles
 
 
-def report_ratios(big: list, small: list, args) -> None:
-    """Print the median ratios over the rounds."""
+def report_ratios(big: list, small: list, args, lanes: str = "auto") -> None:
+    """Print the median ratios over the rounds (of one ``--lanes`` setting)."""
     print(
-        f"end-to-end ÷ encoder-only tiles/s, {args.slides} resection-sized slides "
-        f"({big[0][2]} tiles from {args.slide_mpp:g} µm/px): "
+        f"lanes {lanes}: end-to-end ÷ encoder-only tiles/s, {args.slides} resection-sized "
+        f"slides ({big[0][2]} tiles from {args.slide_mpp:g} µm/px): "
         f"{statistics.median(r[0] for r in big):.2f} (target >= 0.9; rounds: "
         f"{', '.join(f'{r[0]:.2f}' for r in big)})"
     )
@@ -199,6 +226,12 @@ def main() -> None:
         help="reader processes (default: the library's choice for the device)",
     )
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--lanes",
+        default="auto",
+        help="encoding lanes, comma-separated settings alternated each round "
+        "(auto: the library's choice; 0: encode in the main process), e.g. auto,0",
+    )
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument(
         "--skip-bf16",
@@ -226,22 +259,35 @@ def main() -> None:
             rng.integers(0, 255, (args.batch_size, 224, 224, 3), dtype=np.uint8)
         )
         encoder_only(enc, batch, 3.0)  # warm-up: thread pools, allocator
-        big, small, prec = [], [], []
+        settings = args.lanes.split(",")
+        big = {name: [] for name in settings}
+        small = {name: [] for name in settings}
+        prec, in_lanes = [], []
         for r in range(args.repeats):
-            big.append(ratio_run(enc, batch, tmp / "resections", tmp / f"out{r}", args))
-            if args.small_slides:
-                small.append(ratio_run(enc, batch, biopsies, tmp / f"out_small{r}", args))
+            for name in settings:
+                lanes = None if name == "auto" else int(name)
+                out = tmp / f"out{r}_{name}"
+                big[name].append(ratio_run(enc, batch, tmp / "resections", out, args, lanes))
+                if args.small_slides:
+                    out = tmp / f"out_small{r}_{name}"
+                    small[name].append(ratio_run(enc, batch, biopsies, out, args, lanes))
+            in_lanes.append(lanes_encoder_only(enc, batch, 2) / encoder_only(enc, batch, 5.0))
             if bf16 is not None:
                 prec.append(encoder_only(bf16, batch, 5.0) / encoder_only(fp32, batch, 5.0))
-        from wsi.pipeline.loader import default_workers
+        from wsi.pipeline.loader import encoding_lanes
 
-        workers = default_workers(enc.device.type) if args.workers is None else args.workers
+        auto = encoding_lanes(None, args.workers, enc.device.type)
         print(
             f"encoder {args.encoder} ({enc.precision}) batch {args.batch_size}, "
-            f"{workers} reader worker(s), torch threads {torch.get_num_threads()}, "
+            f"lanes auto = {auto}, torch threads {torch.get_num_threads()}, "
             f"median of {args.repeats}"
         )
-        report_ratios(big, small, args)
+        for name in settings:
+            report_ratios(big[name], small[name], args, name)
+        print(
+            "encoder alone in 2 one-thread lanes ÷ in the main process: "
+            f"{statistics.median(in_lanes):.2f}"
+        )
         if prec:
             print(f"bf16 ÷ fp32 encoder throughput: {statistics.median(prec):.2f}")
         if not args.skip_rss:

@@ -7,6 +7,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import wsi
 from tests import tiny_encoders
@@ -252,3 +253,72 @@ def test_a_damaged_feature_file_is_embedded_again(archive, tmp_path):
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
     with h5py.File(target) as f:
         assert np.array_equal(f["features"][()], expected)
+
+
+# encoding lanes ------------------------------------------------------------------------------
+def test_lanes_read_and_encode_in_two_processes_with_the_features_of_one(
+    archive, tmp_path, monkeypatch
+):
+    log = tmp_path / "encoded.log"
+    monkeypatch.setenv(tiny_encoders.ENCODE_LOG_ENV, str(log))
+    kwargs = {"encoder": "tiny_logged", "batch_size": 4, "progress": False}
+    rows = embed_archive([archive], tmp_path / "lanes", lanes=2, **kwargs)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    pids = {int(line.split()[0]) for line in log.read_text().splitlines()}
+    assert len(pids - {os.getpid()}) == 2  # both lanes encoded (the main process warms up)
+    log.unlink()
+    embed_archive([archive], tmp_path / "main", lanes=0, **kwargs)
+    assert {int(line.split()[0]) for line in log.read_text().splitlines()} == {os.getpid()}
+    for sid in ("a", "b", "c"):
+        with (
+            h5py.File(tmp_path / f"lanes/features/tiny_logged/{sid}.h5") as f,
+            h5py.File(tmp_path / f"main/features/tiny_logged/{sid}.h5") as g,
+        ):
+            np.testing.assert_allclose(f["features"][:], g["features"][:], rtol=0, atol=1e-5)
+            assert np.array_equal(f["coords"][:], g["coords"][:])
+
+
+def test_embed_in_lanes_equals_embed_in_this_process(slide_025):
+    slide = wsi.open_slide(slide_025)
+    grid = wsi.tile(slide, mpp=0.5, size=224)
+    enc = tiny_encoders.tiny_encoder()
+    here = embed(slide, grid, enc, batch_size=5, lanes=0)
+    np.testing.assert_allclose(embed(slide, grid, enc, batch_size=5, lanes=2), here, atol=1e-5)
+    np.testing.assert_allclose(embed(slide, grid, enc, batch_size=5), here, atol=1e-5)
+
+
+class _Broken(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError("the encoder broke")
+
+
+def test_an_encoder_error_in_a_lane_fails_the_slides_not_the_run(archive, tmp_path):
+    from models.encoders import encoder_from_module
+
+    enc = encoder_from_module(_Broken(), 4, 32, (0.5,) * 3, (0.25,) * 3, name="broken")
+    rows = embed_archive([archive], tmp_path / "out", encoder=enc, lanes=2, progress=False)
+    assert [r["status"] for r in rows] == ["failed"] * 3
+    assert all("the encoder broke" in r["error"] for r in rows)
+
+
+def test_lane_choice_and_what_it_refuses():
+    from wsi.errors import InvalidParameterError
+    from wsi.pipeline.loader import default_lanes, encoding_lanes
+    from wsi.pipeline.settings import EmbedSettings
+
+    assert default_lanes("cpu", cores=2) == 2 and default_lanes("cpu", cores=1) == 0
+    assert default_lanes("cuda", cores=16) == 0
+    assert encoding_lanes(None, None, "cpu") == default_lanes("cpu")
+    assert encoding_lanes(None, 0, "cpu") == 0  # reader processes asked for: no lanes
+    assert encoding_lanes(None, None, "cpu", stain=True) == 0
+    assert encoding_lanes(3, None, "cpu") == 3 and encoding_lanes(0, None, "cuda") == 0
+    for lanes, workers, device, stain, message in (
+        (2, None, "cuda", False, "CPU encoder"),
+        (2, 1, "cpu", False, "not both"),
+        (2, None, "cpu", True, "lanes=0"),
+        (-1, None, "cpu", False, "≥ 0"),
+    ):
+        with pytest.raises(InvalidParameterError, match=message):
+            encoding_lanes(lanes, workers, device, stain=stain)
+    with pytest.raises(InvalidParameterError, match="lanes"):
+        EmbedSettings(lanes=1.5).check()  # type: ignore[arg-type]

@@ -93,7 +93,7 @@ def test_settings_repr_is_one_line():
     text = repr(EmbedSettings(encoder="tiny", batch_size=8, tiling=TileOptions(mpp=1.0)))
     assert text == (
         "EmbedSettings(encoder='tiny', tiles 224 px at 1 µm/px, batch 8, "
-        "device auto, workers auto, skip done)"
+        "device auto, workers auto, lanes auto, skip done)"
     )
 
 

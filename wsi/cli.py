@@ -121,8 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="patch-reader processes (default: 0 for a CPU encoder on <= 4 cores, "
-        "one per 8 cores above; up to 8 for a GPU)",
+        help="patch-reader processes feeding the encoder in the main process (default: "
+        "up to 8 for a GPU; a CPU encoder uses --lanes instead)",
+    )
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=None,
+        help="CPU encoding lanes: processes that each read and encode batches with a share "
+        "of the threads (default: 2 on a CPU unless --workers or --stain-normalize is "
+        "given; 0 encodes in the main process)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument(
@@ -737,6 +745,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         tiling=options,
         batch_size=args.batch_size,
         workers=args.workers,
+        lanes=args.lanes,
         device=None if args.device == "auto" else args.device,
         precision=args.precision,
         progress=not args.quiet,

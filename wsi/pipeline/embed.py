@@ -21,7 +21,7 @@ import numpy as np
 from models.defaults import DEFAULT_ENCODER
 from wsi.io.slide import Slide
 from wsi.pipeline.batch import find_slides
-from wsi.pipeline.loader import BatchSpec, patch_loader
+from wsi.pipeline.loader import BatchSpec, encoding_lanes, patch_loader
 from wsi.pipeline.local_runner import run_local
 from wsi.pipeline.plan import Plan, features_done_row, plan_slides
 from wsi.pipeline.ray_runner import RayOptions, import_ray, run_on_ray
@@ -47,7 +47,8 @@ def embed(
     *,
     weights: str | os.PathLike[str] | None = None,
     batch_size: int = EmbedSettings.batch_size,
-    workers: int = 0,
+    workers: int | None = None,
+    lanes: int | None = None,
     device: str | None = None,
     precision: str = EmbedSettings.precision,
     progress: bool = False,
@@ -55,23 +56,28 @@ def embed(
     """Features of every tile of ``grid``: float32 (N, D), row i for ``grid.coords[i]``.
 
     ``encoder`` is a name (see :func:`models.load_encoder`) or an ``Encoder`` object;
-    ``workers`` > 0 reads patches in that many processes.
+    ``workers`` > 0 reads patches in that many processes and encodes here; ``lanes``:
+    processes that read and encode (None: 2 for a CPU encoder unless ``workers`` is given;
+    see :func:`wsi.pipeline.loader.encoding_lanes`).
     """
     from tqdm.auto import tqdm
 
     enc = resolve_encoder(encoder, weights, device, precision)
     out = np.empty((len(grid), enc.feature_dim), np.float32)
-    loader = patch_loader(
-        BatchSpec.batches(0, grid, batch_size), workers, pin_memory=enc.device.type == "cuda"
-    )
+    specs = BatchSpec.batches(0, grid, batch_size)
+    n_lanes = encoding_lanes(lanes, workers, enc.device.type)
+    if n_lanes:
+        loader = patch_loader(specs, n_lanes, encoder=enc)
+    else:
+        loader = patch_loader(specs, workers or 0, pin_memory=enc.device.type == "cuda")
     with tqdm(total=len(grid), desc=slide.slide_id, unit="tile", disable=not progress) as bar:
         for batch in loader:
             if batch.error is not None or batch.tile_error is not None:
                 from wsi.errors import SlideReadError
 
                 raise SlideReadError(batch.error or batch.tile_error, slide.path)
-            rows = enc(batch.patches)
-            out[batch.spec.start : batch.spec.start + rows.shape[0]] = rows.numpy()
+            rows = batch.features if batch.features is not None else enc(batch.patches).numpy()
+            out[batch.spec.start : batch.spec.start + rows.shape[0]] = rows
             bar.update(rows.shape[0])
     return out
 
@@ -85,6 +91,7 @@ def embed_archive(
     tiling: TileOptions | None = None,
     batch_size: int = EmbedSettings.batch_size,
     workers: int | None = None,
+    lanes: int | None = None,
     device: str | None = None,
     precision: str = EmbedSettings.precision,
     progress: bool = EmbedSettings.progress,
@@ -100,8 +107,10 @@ def embed_archive(
     Writes ``patches/{id}.h5``, ``features/{encoder}/{id}.h5``, ``qc/{id}.png|geojson`` and
     ``manifest.csv``. ``slides`` are files, folders or globs. Slides already embedded with
     the same provenance are skipped; a failed slide gets a ``failed`` row and the rest go
-    on. ``workers``: reader processes (None: :func:`wsi.pipeline.loader.default_workers` for the
-    encoder's device — 0 on a small CPU machine, where reading in-process is fastest).
+    on. ``lanes``: processes that each read and encode batches on a CPU (None: 2 on a CPU
+    unless ``workers`` or ``stain`` is given, see :func:`wsi.pipeline.loader.encoding_lanes`;
+    0: encode in this process). ``workers``: reader processes feeding an encoder in this
+    process (None: :func:`wsi.pipeline.loader.default_workers` for the encoder's device).
     Tiles that cannot be decoded (a corrupt JPEG tile) are left out and counted in the
     manifest's ``failed_tiles``; a slide with more than ``max_failed_fraction`` of them fails.
 
@@ -118,6 +127,7 @@ def embed_archive(
         device=device,
         precision=precision,
         workers=workers,
+        lanes=lanes,
         skip_done=skip_done,
         max_failed_fraction=max_failed_fraction,
         progress=progress,

@@ -5,6 +5,12 @@ a worker, which opens the slide itself (kept open for later batches), reads and 
 the patches and returns a uint8 batch. Because the sampler is consumed lazily as the
 loader prefetches, the next slide's batches are requested while the current slide's last
 ones are still being encoded: the encoder never waits between slides.
+
+On a CPU the workers can be *encoding lanes* instead (:class:`EncodingReader`): each worker
+reads a batch and encodes it itself with its share of the torch threads, and only the
+features come back. Two single-threaded lanes encode more tiles per second than one
+two-threaded encoder (no synchronisation between threads inside each operation), and
+each lane's reads fill the gaps of the other's encoding.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +68,9 @@ class PatchBatch:
     """A read batch: uint8 patches (B, size, size, 3), or the error that stopped the read.
 
     ``failed`` marks tiles that could not be decoded (their patch is black); ``tile_error``
-    is the first such error. A whole-batch ``error`` (the slide could not be opened) leaves
-    ``patches`` None.
+    is the first such error. A whole-batch ``error`` (the slide could not be opened, or an
+    encoding lane failed on the batch) leaves ``patches`` None. From an encoding lane,
+    ``features`` holds the float32 rows (B, D) and ``patches`` is None.
     """
 
     spec: BatchSpec
@@ -70,6 +78,7 @@ class PatchBatch:
     error: str | None = None
     failed: np.ndarray | None = None
     tile_error: str | None = None
+    features: np.ndarray | None = None
 
     def pin_memory(self) -> PatchBatch:
         """Page-locked patches for fast host-to-GPU copies (called by the DataLoader)."""
@@ -117,6 +126,36 @@ class PatchReader(Dataset):
         raise TypeError("PatchReader is indexed by BatchSpec from a sampler; it has no length")
 
 
+class EncodingReader(PatchReader):
+    """An encoding lane: reads a :class:`BatchSpec`'s patches and encodes them in the same
+    worker process; the batch comes back with ``features`` and without its pixels.
+
+    ``encoder``: a CPU ``Encoder`` (inherited by fork, or pickled to a spawned worker, which
+    then rebuilds its frozen graph). An encoder misconfiguration (``ModelsError``) stops the
+    run; any other error fails the batch's slide, as it would in the main process.
+    """
+
+    def __init__(self, encoder: Any) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def __getitem__(self, spec: BatchSpec) -> PatchBatch:  # type: ignore[override]
+        from models.errors import ModelsError
+        from wsi.pipeline.batch import failure_message
+
+        batch = super().__getitem__(spec)
+        if batch.patches is None:
+            return batch
+        try:
+            batch.features = self.encoder(batch.patches).numpy()
+        except ModelsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the consumer fails the slide
+            batch.error = failure_message(exc)
+        batch.patches = None
+        return batch
+
+
 class SpecSampler(Sampler):
     """Yields the specs of an iterable, consumed lazily by the DataLoader as it prefetches."""
 
@@ -131,8 +170,8 @@ def _keep_batch(item: PatchBatch) -> PatchBatch:
     return item
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
+def _worker_init(threads: int, _: int) -> None:
+    torch.set_num_threads(threads)
 
 
 def default_workers(device_type: str, cores: int | None = None) -> int:
@@ -149,16 +188,88 @@ def default_workers(device_type: str, cores: int | None = None) -> int:
     return max(1, min(8, cores - 1))
 
 
+def _build_graph(encoder: Any) -> None:
+    """Run ``encoder`` once on two white tiles (builds its frozen CPU graph). An error other
+    than a ``ModelsError`` is left for the lanes to meet per batch, where it fails the
+    slide as it would in this process."""
+    from models.errors import ModelsError
+
+    side = int(getattr(encoder, "input_size", 224))
+    try:
+        encoder(np.full((2, side, side, 3), 255, np.uint8))
+    except ModelsError:
+        raise
+    except Exception:  # noqa: BLE001, S110 - reported per slide by the lanes
+        pass
+
+
+def default_lanes(device_type: str, cores: int | None = None) -> int:
+    """Encoding lanes for an encoder on ``device_type``: 2 on a CPU with at least 2 cores
+    (each lane gets half of the torch threads), else 0 (encode in the calling process).
+
+    Measured on a 2-core machine with EfficientNet-Lite0 (``benchmarks/embedding.py``):
+    two one-thread lanes that also read their patches beat reading in the main process
+    before a two-thread encoder (``benchmarks/RESULTS.md``).
+    """
+    cores = cores or os.cpu_count() or 1
+    return 2 if device_type == "cpu" and cores >= 2 else 0
+
+
+def encoding_lanes(
+    lanes: int | None, workers: int | None, device_type: str, *, stain: bool = False
+) -> int:
+    """The lanes a run uses: ``lanes`` when given, else :func:`default_lanes` unless reader
+    processes (``workers``) were asked for or stains are normalised (fitted per slide in the
+    main process). Raises :class:`~wsi.errors.InvalidParameterError` for lanes that cannot
+    work: on a GPU, beside reader processes, or with stain normalisation."""
+    from wsi.errors import InvalidParameterError
+
+    if lanes is None:
+        auto = workers is None and not stain
+        return default_lanes(device_type) if auto else 0
+    if not (isinstance(lanes, int) and lanes >= 0):
+        raise InvalidParameterError(f"lanes must be an integer ≥ 0, got {lanes!r}")
+    if lanes and device_type != "cpu":
+        raise InvalidParameterError(
+            f"encoding lanes are for a CPU encoder, not {device_type}: use workers= (reader "
+            "processes) to feed a GPU"
+        )
+    if lanes and workers:
+        raise InvalidParameterError(
+            f"choose encoding lanes ({lanes}) or reader processes (workers={workers}), not both"
+        )
+    if lanes and stain:
+        raise InvalidParameterError(
+            "stain normalisation fits each slide in the main process: use lanes=0 with it"
+        )
+    return lanes
+
+
 def patch_loader(
-    specs: Iterable[BatchSpec], workers: int, *, pin_memory: bool = False, prefetch: int = 4
+    specs: Iterable[BatchSpec],
+    workers: int,
+    *,
+    pin_memory: bool = False,
+    prefetch: int = 4,
+    encoder: Any = None,
 ) -> DataLoader:
     """A DataLoader of :class:`PatchBatch` over ``specs`` with ``workers`` reader processes
-    (0 reads in this process). Batches come back in spec order."""
+    (0 reads in this process). Batches come back in spec order.
+
+    With an ``encoder``, the ``workers`` (at least 1) are encoding lanes
+    (:class:`EncodingReader`), each with an equal share of this process's torch threads;
+    the encoder runs once here first, so that forked lanes inherit its CPU graph.
+    """
+    threads = 1
+    if encoder is not None:
+        workers = max(1, workers)
+        threads = max(1, torch.get_num_threads() // workers)
+        _build_graph(encoder)
     kwargs: dict[str, Any] = {}
     if workers > 0:
-        kwargs = {"prefetch_factor": prefetch, "worker_init_fn": _worker_init}
+        kwargs = {"prefetch_factor": prefetch, "worker_init_fn": partial(_worker_init, threads)}
     return DataLoader(
-        PatchReader(),
+        PatchReader() if encoder is None else EncodingReader(encoder),
         sampler=SpecSampler(specs),
         batch_size=None,
         collate_fn=_keep_batch,

@@ -1,9 +1,11 @@
-"""The local runner of ``wsi embed``: a plan's slides tiled, read and encoded in this process.
+"""The local runner of ``wsi embed``: a plan's slides tiled, read and encoded on this machine.
 
 Three stages run at once: a thread tiles the next slides (under each slide's lock: tissue,
 grid, ``patches/`` and ``qc/`` files), DataLoader worker processes read and resize patches
 (each opens the slide itself), and the calling thread encodes batches and streams the rows
-into ``features/{encoder}/{slide_id}.h5``. The tiling thread hands the encoder either a
+into ``features/{encoder}/{slide_id}.h5``. With encoding lanes (the default on a CPU, see
+:func:`wsi.pipeline.loader.encoding_lanes`) the worker processes encode what they read and
+the calling thread only writes the rows. The tiling thread hands the encoder either a
 :class:`_Decided` row (done under the lock, or failed) or a :class:`_SlideJob`; a slide's
 features go final only after its QC files, and its lock is released only after its
 manifest row is recorded.
@@ -247,7 +249,7 @@ class LocalRunner:
         if job.writer is None:
             self._open_writer(job)
         assert job.writer is not None
-        rows = self.encoder(patches).numpy()
+        rows = batch.features if batch.features is not None else self.encoder(patches).numpy()
         job.writer.write(batch.spec.start, rows)
         job.rows_done += rows.shape[0]
         if batch.failed is not None and batch.failed.any():
@@ -334,6 +336,16 @@ class LocalRunner:
         job.release()
         del self.jobs[job.index]
 
+    def _loader(self, items: list[tuple[int, Path]]) -> Any:
+        """The batches of ``items``: read by reader processes (or here) for this thread to
+        encode, or read and encoded by encoding lanes."""
+        lanes = self.settings.encoding_lanes(self._encoder)
+        if lanes:
+            return patch_loader(self._specs(items), lanes, encoder=self.encoder)
+        pin = self.settings.encoder_device(self._encoder).type == "cuda"
+        workers = self.settings.reader_workers(self._encoder)
+        return patch_loader(self._specs(items), workers, pin_memory=pin)
+
     def run(self, items: Iterable[tuple[int, Path]]) -> None:
         """Process the (index, path) slides; each one's row goes to the recorder."""
         from tqdm.auto import tqdm
@@ -346,10 +358,7 @@ class LocalRunner:
             leave=False,
             dynamic_ncols=True,
         )
-        pin = self.settings.encoder_device(self._encoder).type == "cuda"
-        loader = patch_loader(
-            self._specs(list(items)), self.settings.reader_workers(self._encoder), pin_memory=pin
-        )
+        loader = self._loader(list(items))
         try:
             for batch in loader:
                 self._consume(batch)

@@ -159,7 +159,7 @@ def embed_slide_task(
         torch.set_num_threads(threads)
     loaded = _worker_encoder(encoder, settings.weights, device, settings.precision)
     workers = 0 if device == "cpu" else min(default_workers(device), max(0, threads - 1))
-    task_settings = replace(settings, workers=workers, progress=False, debug=False)
+    task_settings = replace(settings, workers=workers, lanes=0, progress=False, debug=False)
     return embed_slide(path, out, task_settings, encoder=loaded)
 
 

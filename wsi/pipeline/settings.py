@@ -69,6 +69,10 @@ class EmbedSettings:
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         workers: patch-reader processes (None: a default for the encoder's device,
             :func:`wsi.pipeline.loader.default_workers`; 0 reads in-process).
+        lanes: encoding lanes for a CPU encoder: processes that each read and encode whole
+            batches with a share of the torch threads (None: 2 on a CPU unless ``workers``
+            or ``stain`` is set, see :func:`wsi.pipeline.loader.encoding_lanes`; 0 encodes
+            in the main process).
         skip_done: reuse slides whose feature file has the same provenance key.
         max_failed_fraction: a slide with more undecodable tiles than this fraction fails.
         progress: show progress bars.
@@ -85,6 +89,7 @@ class EmbedSettings:
     device: str | None = None
     precision: str = "auto"
     workers: int | None = None
+    lanes: int | None = None
     skip_done: bool = True
     max_failed_fraction: float = 0.05
     progress: bool = True
@@ -97,6 +102,7 @@ class EmbedSettings:
             f"EmbedSettings(encoder={self.encoder_name!r}, tiles {t.size} px at {t.mpp:g} µm/px, "
             f"batch {self.batch_size}, device {self.device or 'auto'}, "
             f"workers {'auto' if self.workers is None else self.workers}, "
+            f"lanes {'auto' if self.lanes is None else self.lanes}, "
             f"{'skip done' if self.skip_done else 'redo'})"
         )
 
@@ -107,6 +113,8 @@ class EmbedSettings:
             raise InvalidParameterError(
                 f"stain normalisation must be None or 'macenko', got {self.stain!r}"
             )
+        if self.lanes is not None and not (isinstance(self.lanes, int) and self.lanes >= 0):
+            raise InvalidParameterError(f"lanes must be an integer ≥ 0, got {self.lanes!r}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise InvalidParameterError(
                 f"batch size must be a positive integer, got {self.batch_size!r}"
@@ -192,3 +200,11 @@ class EmbedSettings:
         if self.workers is not None:
             return self.workers
         return default_workers(self.encoder_device(loaded).type)
+
+    def encoding_lanes(self, loaded: Encoder | None = None) -> int:
+        """Encoding lanes (0: encode in the main process); see
+        :func:`wsi.pipeline.loader.encoding_lanes`."""
+        from wsi.pipeline.loader import encoding_lanes
+
+        device = self.encoder_device(loaded).type
+        return encoding_lanes(self.lanes, self.workers, device, stain=bool(self.stain))
