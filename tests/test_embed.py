@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import h5py
 import numpy as np
@@ -301,24 +302,46 @@ def test_an_encoder_error_in_a_lane_fails_the_slides_not_the_run(archive, tmp_pa
     assert all("the encoder broke" in r["error"] for r in rows)
 
 
-def test_lane_choice_and_what_it_refuses():
+def test_lane_choice_and_what_it_refuses(monkeypatch):
     from wsi.errors import InvalidParameterError
+    from wsi.pipeline import loader
     from wsi.pipeline.loader import default_lanes, encoding_lanes
     from wsi.pipeline.settings import EmbedSettings
 
-    assert default_lanes("cpu", cores=2) == 2 and default_lanes("cpu", cores=1) == 0
-    assert default_lanes("cuda", cores=16) == 0
-    assert encoding_lanes(None, None, "cpu") == default_lanes("cpu")
-    assert encoding_lanes(None, 0, "cpu") == 0  # reader processes asked for: no lanes
-    assert encoding_lanes(None, None, "cpu", stain=True) == 0
-    assert encoding_lanes(3, None, "cpu") == 3 and encoding_lanes(0, None, "cuda") == 0
-    for lanes, workers, device, stain, message in (
-        (2, None, "cuda", False, "CPU encoder"),
-        (2, 1, "cpu", False, "not both"),
-        (2, None, "cpu", True, "lanes=0"),
-        (-1, None, "cpu", False, "≥ 0"),
+    assert default_lanes("cpu", 4_700_000, cores=2) == 2  # EfficientNet-Lite0
+    assert default_lanes("cpu", 25_600_000, cores=2) == 0  # ResNet-50: threads already busy
+    assert default_lanes("cpu", 1, cores=1) == 0 and default_lanes("cuda", 1, cores=16) == 0
+    tiny = tiny_encoders.tiny_encoder()
+    assert encoding_lanes(None, None, tiny) == default_lanes("cpu", 1)
+    assert encoding_lanes(None, 0, tiny) == 0  # reader processes asked for: no lanes
+    assert encoding_lanes(None, None, tiny, stain=True) == 0
+    assert encoding_lanes(3, None, tiny) == 3
+    monkeypatch.setattr(loader, "LIGHT_ENCODER_PARAMETERS", 10)
+    assert encoding_lanes(None, None, tiny) == 0  # a heavy encoder by this limit
+    assert encoding_lanes(2, None, tiny) == 2  # asked for: given
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda"), module=tiny.module)
+    assert encoding_lanes(0, None, on_gpu) == 0
+    for lanes, workers, enc, stain, message in (
+        (2, None, on_gpu, False, "CPU encoder"),
+        (2, 1, tiny, False, "not both"),
+        (2, None, tiny, True, "lanes=0"),
+        (-1, None, tiny, False, "≥ 0"),
     ):
         with pytest.raises(InvalidParameterError, match=message):
-            encoding_lanes(lanes, workers, device, stain=stain)
+            encoding_lanes(lanes, workers, enc, stain=stain)
     with pytest.raises(InvalidParameterError, match="lanes"):
         EmbedSettings(lanes=1.5).check()  # type: ignore[arg-type]
+
+
+def test_a_done_slide_step_does_not_load_the_encoder(archive, tmp_path, monkeypatch):
+    from wsi.pipeline.settings import EmbedSettings
+    from wsi.pipeline.slide_step import embed_slide
+
+    settings = EmbedSettings(encoder="tiny", progress=False)
+    assert embed_slide(archive / "a.tiff", tmp_path, settings)["status"] == "ok"
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded for a slide already done")
+
+    monkeypatch.setattr("wsi.pipeline.settings.resolve_encoder", no_model)
+    assert embed_slide(archive / "a.tiff", tmp_path, settings)["status"] == "ok"

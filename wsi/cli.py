@@ -129,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="CPU encoding lanes: processes that each read and encode batches with a share "
-        "of the threads (default: 2 on a CPU unless --workers or --stain-normalize is "
-        "given; 0 encodes in the main process)",
+        "of the threads (default: 2 for a light encoder, up to 10 M parameters, on a CPU "
+        "unless --workers or --stain-normalize is given; 0 encodes in the main process)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument(

@@ -57,15 +57,15 @@ def embed(
 
     ``encoder`` is a name (see :func:`models.load_encoder`) or an ``Encoder`` object;
     ``workers`` > 0 reads patches in that many processes and encodes here; ``lanes``:
-    processes that read and encode (None: 2 for a CPU encoder unless ``workers`` is given;
-    see :func:`wsi.pipeline.loader.encoding_lanes`).
+    processes that read and encode (None: 2 for a light CPU encoder unless ``workers`` is
+    given; see :func:`wsi.pipeline.loader.encoding_lanes`).
     """
     from tqdm.auto import tqdm
 
     enc = resolve_encoder(encoder, weights, device, precision)
     out = np.empty((len(grid), enc.feature_dim), np.float32)
     specs = BatchSpec.batches(0, grid, batch_size)
-    n_lanes = encoding_lanes(lanes, workers, enc.device.type)
+    n_lanes = encoding_lanes(lanes, workers, enc)
     if n_lanes:
         loader = patch_loader(specs, n_lanes, encoder=enc)
     else:
@@ -107,8 +107,8 @@ def embed_archive(
     Writes ``patches/{id}.h5``, ``features/{encoder}/{id}.h5``, ``qc/{id}.png|geojson`` and
     ``manifest.csv``. ``slides`` are files, folders or globs. Slides already embedded with
     the same provenance are skipped; a failed slide gets a ``failed`` row and the rest go
-    on. ``lanes``: processes that each read and encode batches on a CPU (None: 2 on a CPU
-    unless ``workers`` or ``stain`` is given, see :func:`wsi.pipeline.loader.encoding_lanes`;
+    on. ``lanes``: processes that each read and encode batches on a CPU (None: 2 for a light
+    encoder on a CPU unless ``workers`` or ``stain`` is given, see :func:`wsi.pipeline.loader.encoding_lanes`;
     0: encode in this process). ``workers``: reader processes feeding an encoder in this
     process (None: :func:`wsi.pipeline.loader.default_workers` for the encoder's device).
     Tiles that cannot be decoded (a corrupt JPEG tile) are left out and counted in the

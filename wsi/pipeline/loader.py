@@ -203,30 +203,43 @@ def _build_graph(encoder: Any) -> None:
         pass
 
 
-def default_lanes(device_type: str, cores: int | None = None) -> int:
-    """Encoding lanes for an encoder on ``device_type``: 2 on a CPU with at least 2 cores
-    (each lane gets half of the torch threads), else 0 (encode in the calling process).
+LIGHT_ENCODER_PARAMETERS = 10_000_000
+"""Encoders up to this many parameters get encoding lanes by default on a CPU. Light CNNs
+(EfficientNet-Lite0: 4.7 M) spend much of each operation synchronising threads, so two
+one-thread lanes encode faster than one two-thread encoder; larger models parallelise well
+inside each operation (ResNet-50 already keeps its two threads busy) and a second lane
+would only add its activations to the run's memory."""
+
+
+def default_lanes(device_type: str, parameters: int, cores: int | None = None) -> int:
+    """Encoding lanes for an encoder of ``parameters`` on ``device_type``: 2 for a light
+    encoder (:data:`LIGHT_ENCODER_PARAMETERS`) on a CPU with at least 2 cores (each lane
+    gets half of the torch threads), else 0 (encode in the calling process).
 
     Measured on a 2-core machine with EfficientNet-Lite0 (``benchmarks/embedding.py``):
     two one-thread lanes that also read their patches beat reading in the main process
     before a two-thread encoder (``benchmarks/RESULTS.md``).
     """
     cores = cores or os.cpu_count() or 1
-    return 2 if device_type == "cpu" and cores >= 2 else 0
+    light = parameters <= LIGHT_ENCODER_PARAMETERS
+    return 2 if device_type == "cpu" and cores >= 2 and light else 0
 
 
 def encoding_lanes(
-    lanes: int | None, workers: int | None, device_type: str, *, stain: bool = False
+    lanes: int | None, workers: int | None, encoder: Any, *, stain: bool = False
 ) -> int:
-    """The lanes a run uses: ``lanes`` when given, else :func:`default_lanes` unless reader
-    processes (``workers``) were asked for or stains are normalised (fitted per slide in the
-    main process). Raises :class:`~wsi.errors.InvalidParameterError` for lanes that cannot
-    work: on a GPU, beside reader processes, or with stain normalisation."""
+    """The lanes a run with ``encoder`` (loaded) uses: ``lanes`` when given, else
+    :func:`default_lanes` unless reader processes (``workers``) were asked for or stains are
+    normalised (fitted per slide in the main process). Raises
+    :class:`~wsi.errors.InvalidParameterError` for lanes that cannot work: on a GPU, beside
+    reader processes, or with stain normalisation."""
     from wsi.errors import InvalidParameterError
 
+    device_type = encoder.device.type
     if lanes is None:
-        auto = workers is None and not stain
-        return default_lanes(device_type) if auto else 0
+        if workers is not None or stain:
+            return 0
+        return default_lanes(device_type, sum(p.numel() for p in encoder.module.parameters()))
     if not (isinstance(lanes, int) and lanes >= 0):
         raise InvalidParameterError(f"lanes must be an integer ≥ 0, got {lanes!r}")
     if lanes and device_type != "cpu":

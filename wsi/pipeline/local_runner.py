@@ -339,9 +339,10 @@ class LocalRunner:
     def _loader(self, items: list[tuple[int, Path]]) -> Any:
         """The batches of ``items``: read by reader processes (or here) for this thread to
         encode, or read and encoded by encoding lanes."""
-        lanes = self.settings.encoding_lanes(self._encoder)
-        if lanes:
-            return patch_loader(self._specs(items), lanes, encoder=self.encoder)
+        if self.settings.may_use_lanes(self._encoder):  # the encoder decides: load it now
+            lanes = self.settings.encoding_lanes(self.encoder)
+            if lanes:
+                return patch_loader(self._specs(items), lanes, encoder=self.encoder)
         pin = self.settings.encoder_device(self._encoder).type == "cuda"
         workers = self.settings.reader_workers(self._encoder)
         return patch_loader(self._specs(items), workers, pin_memory=pin)

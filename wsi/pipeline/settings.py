@@ -70,9 +70,9 @@ class EmbedSettings:
         workers: patch-reader processes (None: a default for the encoder's device,
             :func:`wsi.pipeline.loader.default_workers`; 0 reads in-process).
         lanes: encoding lanes for a CPU encoder: processes that each read and encode whole
-            batches with a share of the torch threads (None: 2 on a CPU unless ``workers``
-            or ``stain`` is set, see :func:`wsi.pipeline.loader.encoding_lanes`; 0 encodes
-            in the main process).
+            batches with a share of the torch threads (None: 2 for a light encoder on a CPU
+            unless ``workers`` or ``stain`` is set, see
+            :func:`wsi.pipeline.loader.encoding_lanes`; 0 encodes in the main process).
         skip_done: reuse slides whose feature file has the same provenance key.
         max_failed_fraction: a slide with more undecodable tiles than this fraction fails.
         progress: show progress bars.
@@ -201,10 +201,17 @@ class EmbedSettings:
             return self.workers
         return default_workers(self.encoder_device(loaded).type)
 
-    def encoding_lanes(self, loaded: Encoder | None = None) -> int:
-        """Encoding lanes (0: encode in the main process); see
+    def may_use_lanes(self, loaded: Encoder | None = None) -> bool:
+        """Whether encoding lanes could apply, before the encoder is loaded: lanes asked
+        for, or left to the default for a CPU encoder without reader processes or stains."""
+        if self.lanes is not None:
+            return self.lanes != 0
+        cpu = self.encoder_device(loaded).type == "cpu"
+        return cpu and self.workers is None and not self.stain
+
+    def encoding_lanes(self, encoder: Encoder) -> int:
+        """Encoding lanes for the loaded ``encoder`` (0: encode in the main process); see
         :func:`wsi.pipeline.loader.encoding_lanes`."""
         from wsi.pipeline.loader import encoding_lanes
 
-        device = self.encoder_device(loaded).type
-        return encoding_lanes(self.lanes, self.workers, device, stain=bool(self.stain))
+        return encoding_lanes(self.lanes, self.workers, encoder, stain=bool(self.stain))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi.pipeline.batch import RowRecorder
 from wsi.pipeline.local_runner import LocalRunner
+from wsi.pipeline.plan import features_done_row
 from wsi.pipeline.settings import EmbedSettings
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ def embed_slide(
     """
     settings = settings or EmbedSettings()
     settings.check()
+    done = features_done_row(Path(out_dir), Path(path), settings)
+    if done is not None:  # answered from its file, without loading the encoder
+        return done
     recorder = RowRecorder(None, 1, progress=False)
     try:
         LocalRunner(Path(out_dir), settings, recorder, encoder=encoder).run([(0, Path(path))])
