@@ -276,7 +276,7 @@ def main() -> None:
                 prec.append(encoder_only(bf16, batch, 5.0) / encoder_only(fp32, batch, 5.0))
         from wsi.pipeline.loader import encoding_lanes
 
-        auto = encoding_lanes(None, args.workers, enc.device.type)
+        auto = encoding_lanes(None, args.workers, enc)
         print(
             f"encoder {args.encoder} ({enc.precision}) batch {args.batch_size}, "
             f"lanes auto = {auto}, torch threads {torch.get_num_threads()}, "
