@@ -345,3 +345,13 @@ def test_a_done_slide_step_does_not_load_the_encoder(archive, tmp_path, monkeypa
 
     monkeypatch.setattr("wsi.pipeline.settings.resolve_encoder", no_model)
     assert embed_slide(archive / "a.tiff", tmp_path, settings)["status"] == "ok"
+
+
+def test_cli_lanes_flag_reaches_the_run(archive, tmp_path, monkeypatch, capsys):
+    log = tmp_path / "encoded.log"
+    monkeypatch.setenv(tiny_encoders.ENCODE_LOG_ENV, str(log))
+    base = ["embed", str(archive / "a.tiff"), "--encoder", "tiny_logged", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "o0"), "--lanes", "0"]) == 0
+    assert {int(line.split()[0]) for line in log.read_text().splitlines()} == {os.getpid()}
+    code = main([*base, "--out", str(tmp_path / "o1"), "--lanes", "2", "--workers", "1"])
+    assert code == 2 and "not both" in capsys.readouterr().err

@@ -379,7 +379,7 @@ def test_neighbouring_patches_share_decodes_and_the_cache_is_bounded(
         assert fast.tiles_decoded == 4
         fast.read_patch(300, 300, 200, 200, 0)  # full scale: a different decode
         assert fast.tiles_decoded == 5
-    one_tile_mb = 128 * 128 * 3 / 1e6 * 1.5  # room for one half-scale tile, not two
+    one_tile_mb = 128 * 128 * 4 / 1e6 * 1.5  # room for one half-scale tile, not two
     with FastTiffReader.try_open(path, cache_mb=one_tile_mb) as small:
         small.read_patch(300, 300, 448, 224, 0)
         small.read_patch(300, 300, 448, 224, 0)
