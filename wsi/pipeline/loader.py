@@ -258,6 +258,13 @@ def encoding_lanes(
     return lanes
 
 
+LANE_PREFETCH = 2
+"""Batches queued per encoding lane: one being encoded, one waiting. A new batch goes to
+whichever lane returns one, so lanes that run at different speeds (one shares its core with
+this process's tiling and writing) finish together; a deeper queue would leave more work
+stuck behind the slower lane at the end of the run."""
+
+
 def patch_loader(
     specs: Iterable[BatchSpec],
     workers: int,
@@ -267,20 +274,28 @@ def patch_loader(
     encoder: Any = None,
 ) -> DataLoader:
     """A DataLoader of :class:`PatchBatch` over ``specs`` with ``workers`` reader processes
-    (0 reads in this process). Batches come back in spec order.
+    (0 reads in this process). Reader batches come back in spec order.
 
     With an ``encoder``, the ``workers`` (at least 1) are encoding lanes
     (:class:`EncodingReader`), each with an equal share of this process's torch threads;
-    the encoder runs once here first, so that forked lanes inherit its CPU graph.
+    the encoder runs once here first, so that forked lanes inherit its CPU graph. Lanes
+    hold :data:`LANE_PREFETCH` batches each and their batches come back as they are done,
+    not in spec order, so that a lane slowed down by other work on its core hands its share
+    to the others instead of ending the run late.
     """
-    threads = 1
+    threads, in_order = 1, True
     if encoder is not None:
         workers = max(1, workers)
         threads = max(1, torch.get_num_threads() // workers)
+        prefetch, in_order = min(prefetch, LANE_PREFETCH), False
         _build_graph(encoder)
     kwargs: dict[str, Any] = {}
     if workers > 0:
-        kwargs = {"prefetch_factor": prefetch, "worker_init_fn": partial(_worker_init, threads)}
+        kwargs = {
+            "prefetch_factor": prefetch,
+            "worker_init_fn": partial(_worker_init, threads),
+            "in_order": in_order,
+        }
     return DataLoader(
         PatchReader() if encoder is None else EncodingReader(encoder),
         sampler=SpecSampler(specs),

@@ -234,7 +234,9 @@ class LocalRunner:
         )
 
     def _show(self, job: _SlideJob) -> None:
-        if self._current != job.index and self._tile_bar is not None:
+        """Move the tile bar to ``job`` when it is a later slide (lanes return batches as
+        they finish: the last ones of a slide may come after the next slide's first)."""
+        if job.index > self._current and self._tile_bar is not None:
             self._current = job.index
             self._tile_bar.set_description(job.slide_id[:30], refresh=False)
             self._tile_bar.reset(total=job.n_tiles)
@@ -257,7 +259,7 @@ class LocalRunner:
                 job.bad_tiles = np.zeros(job.n_tiles, bool)
             job.bad_tiles[batch.spec.start : batch.spec.start + len(batch.failed)] = batch.failed
             job.tile_error = job.tile_error or batch.tile_error
-        if self._tile_bar is not None:
+        if self._tile_bar is not None and job.index == self._current:
             self._tile_bar.update(rows.shape[0])
 
     def _stain_normalised(self, job: _SlideJob, patches: Any) -> Any:
