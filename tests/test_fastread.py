@@ -383,7 +383,47 @@ def test_neighbouring_patches_share_decodes_and_the_cache_is_bounded(
     with FastTiffReader.try_open(path, cache_mb=one_tile_mb) as small:
         small.read_patch(300, 300, 448, 224, 0)
         small.read_patch(300, 300, 448, 224, 0)
-        assert small.tiles_decoded == 8  # evicted before reuse: decoded twice
+        assert small.tiles_decoded == 7  # only the last tile left in the cache: 3 decoded again
+
+
+@pytest.fixture
+def decode_threads():
+    """Sets this process's JPEG decoding threads for a test, restored afterwards."""
+    from wsi.io import fastread
+
+    before = fastread._decode["threads"]
+    yield fastread.set_decode_threads
+    fastread.set_decode_threads(before)
+
+
+def test_tiles_decoded_side_by_side_give_the_same_pixels(
+    slides: dict[str, Path], tmp_path: Path, decode_threads
+) -> None:
+    from wsi.errors import InvalidParameterError
+
+    reads = {}
+    for threads in (1, 4):
+        decode_threads(threads)
+        with FastTiffReader.try_open(slides["svs"]) as fast:
+            reads[threads] = (
+                fast.read_patch(333.3, 201.7, 448, 224, 0),  # 1/2 scale, resized
+                fast.read_patch(256, 256, 448, 224, 0),  # 1/2 scale, blurred
+                fast.read_patch(200, 200, 300, 300, 0),  # native pixels, 4 tiles
+                fast.read_level_window(0, 2, 0, 0, 1000, 750),  # whole-area read
+                fast.tiles_decoded,
+            )
+    for one, four in zip(reads[1], reads[4], strict=True):
+        assert np.array_equal(one, four)
+    path = tmp_path / "truncated.tiff"  # an error on a decoding thread reaches the caller
+    shutil.copy(slides["tiff"], path)
+    with tifffile.TiffFile(path) as tif:
+        end = int(tif.pages[0].dataoffsets[9]) + 10  # tile 9: column 1, row 1 of level 0
+    with FastTiffReader.try_open(path) as fast:
+        os.truncate(path, end)
+        with pytest.raises(SlideReadError, match=r"tile 9 .*level 0: the file ends"):
+            fast.read_patch(200, 200, 200, 200, 0)  # tiles 0, 1, 8 and 9 at once
+    with pytest.raises(InvalidParameterError, match="decode threads"):
+        decode_threads(0)
 
 
 def _read_in_child(reader: FastTiffReader) -> np.ndarray:

@@ -6,7 +6,9 @@ it reads the raw tile bytes itself (one file descriptor per process, ``os.pread`
 libjpeg-turbo scale the tile inside the decoder (DCT scaling by 1/2, 1/4 or 1/8) when the
 patch is at least that much coarser than the stored level, pastes the tiles a patch spans,
 and resamples the small remainder exactly as :meth:`wsi.io.slide.Slide.read_patch` does.
-Decoded tiles stay in an LRU cache bounded in MB, so neighbouring patches share decodes.
+Decoded tiles stay in an LRU cache bounded in MB, so neighbouring patches share decodes;
+the tiles a read still needs are decoded side by side on a few threads (Pillow releases the
+GIL while decoding; :func:`set_decode_threads`, one thread in DataLoader workers).
 Thumbnails (:meth:`FastTiffReader.read_level_window`) decode every tile once, at the DCT
 scale the thumbnail allows, without touching the cache.
 
@@ -25,6 +27,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,13 @@ from PIL import Image
 
 from wsi.errors import InvalidParameterError, SlideReadError
 
-__all__ = ["DCT_SCALE_TOLERANCE", "DEFAULT_CACHE_MB", "FastTiffReader", "native_origin"]
+__all__ = [
+    "DCT_SCALE_TOLERANCE",
+    "DEFAULT_CACHE_MB",
+    "FastTiffReader",
+    "native_origin",
+    "set_decode_threads",
+]
 
 DEFAULT_CACHE_MB = 64.0
 """Decoded tiles kept per reader (MB): ~970 tiles of 256 px decoded at 1/2, ~240 at full scale."""
@@ -53,6 +62,34 @@ and the last 1 % is the bilinear resize."""
 _NATIVE_SLACK = 1e-9
 """Relative float noise allowed between a patch's extent in level pixels and its output size
 for the patch to count as the level's pixels read 1:1."""
+
+_MAX_DECODE_THREADS = 4
+_decode = {"threads": min(_MAX_DECODE_THREADS, os.cpu_count() or 1), "pool": None, "pid": -1}
+_decode_lock = threading.Lock()
+
+
+def set_decode_threads(threads: int) -> None:
+    """How many JPEG tiles one read may decode at once in this process (1: one after the
+    other, in the calling thread). Default: the cores, at most 4. Pillow's decoder releases
+    the GIL, so the 2–4 tiles under a patch decode side by side; DataLoader worker processes
+    set 1, since their processes already fill the cores."""
+    if not (isinstance(threads, int) and threads >= 1):
+        raise InvalidParameterError(f"decode threads must be an integer >= 1, got {threads!r}")
+    with _decode_lock:
+        _decode["threads"] = threads
+        _decode["pool"] = None  # the next read starts a pool of the new size
+
+
+def _decode_pool() -> ThreadPoolExecutor | None:
+    """This process's decoding threads (a new pool after a fork), or None for one thread."""
+    with _decode_lock:
+        if _decode["threads"] <= 1:
+            return None
+        if _decode["pool"] is None or _decode["pid"] != os.getpid():
+            _decode["pool"] = ThreadPoolExecutor(_decode["threads"], "wsi-jpeg")
+            _decode["pid"] = os.getpid()
+        return _decode["pool"]
+
 
 _DCT_SCALES = (8, 4, 2)
 _BLUR_KERNEL = np.array([1.0, 10.0, 1.0], np.float32) / 12.0
@@ -301,8 +338,10 @@ class FastTiffReader:
         """Pixels ``[ix, ix + iw) x [iy, iy + ih)`` of ``level`` decoded at 1/``scale``;
         ``cache=False`` neither uses nor fills the tile cache."""
         out = Image.new("RGB", (iw, ih), _WHITE)
-        for col, row, left, top in self._tiles_under(level, scale, ix, iy, iw, ih):
-            tile = self._tile(level, scale, col, row, cache)
+        cells = list(self._tiles_under(level, scale, ix, iy, iw, ih))
+        for (_, _, left, top), tile in zip(
+            cells, self._tiles(level, scale, cells, cache), strict=True
+        ):
             if tile is not None:
                 out.paste(tile, (left - ix, top - iy))
         return out
@@ -329,8 +368,10 @@ class FastTiffReader:
         """:meth:`_window` as a numpy array, tiles copied straight into it and not cached
         (for whole-area reads: ~1.6x faster than pasting into a PIL image and converting)."""
         out = np.full((ih, iw, 3), 255, np.uint8)
-        for col, row, left, top in self._tiles_under(level, scale, ix, iy, iw, ih):
-            tile = self._tile(level, scale, col, row, cache=False)
+        cells = list(self._tiles_under(level, scale, ix, iy, iw, ih))
+        for (_, _, left, top), tile in zip(
+            cells, self._tiles(level, scale, cells, False), strict=True
+        ):
             if tile is None:
                 continue
             cx0, cy0 = max(left, ix), max(top, iy)
@@ -342,27 +383,45 @@ class FastTiffReader:
                 ]
         return out
 
-    def _tile(
-        self, level: int, scale: int, col: int, row: int, cache: bool = True
-    ) -> Image.Image | None:
-        """Tile (col, row) of ``level`` decoded at 1/``scale``, clipped to the level; None
-        for a tile with no data."""
+    def _tiles(
+        self, level: int, scale: int, cells: list[tuple[int, int, int, int]], cache: bool
+    ) -> list[Image.Image | None]:
+        """The tiles of ``cells`` (from :meth:`_tiles_under`) decoded at 1/``scale``, in
+        order: cached ones from the cache, the others decoded side by side on this
+        process's decoding threads (see :func:`set_decode_threads`) and then cached."""
+        lv = self._levels[level]
+        keys = [(level, scale, lv.tile_index(col, row)) for col, row, _, _ in cells]
+        tiles: list[Image.Image | None] = [None] * len(cells)
+        misses = []
+        for i, key in enumerate(keys):
+            hit, tiles[i] = self._cache.get(key) if cache else (False, None)
+            if not hit:
+                misses.append(i)
+        pool = _decode_pool() if len(misses) > 1 else None
+        run = pool.map if pool is not None else map
+        n = len(misses)
+        cols, rows = [cells[i][0] for i in misses], [cells[i][1] for i in misses]
+        done = run(self._load_tile, [level] * n, [scale] * n, cols, rows)
+        for i, tile in zip(misses, done, strict=True):
+            tiles[i] = tile
+            self.tiles_decoded += tile is not None
+            if cache:
+                self._cache.put(keys[i], tile)
+        return tiles
+
+    def _load_tile(self, level: int, scale: int, col: int, row: int) -> Image.Image | None:
+        """Tile (col, row) of ``level`` read and decoded at 1/``scale`` (no cache), clipped
+        to the level; None for a tile with no data."""
         lv = self._levels[level]
         index = lv.tile_index(col, row)
-        key = (level, scale, index)
-        hit, tile = self._cache.get(key) if cache else (False, None)
-        if hit:
-            return tile
         data = self._raw_tile(level, index)
-        if data is not None:
-            tile = self._decode(data, level, index, scale)
-            self.tiles_decoded += 1
-            valid_w = _scaled(lv.width, scale) - col * (lv.tile_width // scale)
-            valid_h = _scaled(lv.height, scale) - row * (lv.tile_height // scale)
-            if valid_w < tile.width or valid_h < tile.height:
-                tile = tile.crop((0, 0, min(valid_w, tile.width), min(valid_h, tile.height)))
-        if cache:
-            self._cache.put(key, tile)
+        if data is None:
+            return None
+        tile = self._decode(data, level, index, scale)
+        valid_w = _scaled(lv.width, scale) - col * (lv.tile_width // scale)
+        valid_h = _scaled(lv.height, scale) - row * (lv.tile_height // scale)
+        if valid_w < tile.width or valid_h < tile.height:
+            tile = tile.crop((0, 0, min(valid_w, tile.width), min(valid_h, tile.height)))
         return tile
 
     def _raw_tile(self, level: int, index: int) -> bytes | None:

@@ -171,7 +171,10 @@ def _keep_batch(item: PatchBatch) -> PatchBatch:
 
 
 def _worker_init(threads: int, _: int) -> None:
+    from wsi.io.fastread import set_decode_threads
+
     torch.set_num_threads(threads)
+    set_decode_threads(1)  # the worker processes already fill the cores
 
 
 def default_workers(device_type: str, cores: int | None = None) -> int:
