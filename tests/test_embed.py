@@ -289,15 +289,18 @@ def test_embed_in_lanes_equals_embed_in_this_process(slide_025):
 
 
 class _SlowFirstLane(torch.nn.Module):
-    """Features: mean colour and the lane's id (-1 outside lanes). Lane 0 sleeps 0.3 s per
-    batch, like a lane sharing its core with other work."""
+    """Features: mean colour, the lane's id (-1 outside lanes) and the lane's JPEG decoding
+    threads. Lane 0 sleeps 0.3 s per batch, like a lane sharing its core with other work."""
 
     def forward(self, x):
+        from wsi.io import fastread
+
         info = torch.utils.data.get_worker_info()
         lane = -1 if info is None else info.id
         if lane == 0:
             time.sleep(0.3)
-        return torch.cat([x.mean(dim=(2, 3)), torch.full((x.shape[0], 1), float(lane))], 1)
+        ids = torch.tensor([float(lane), float(fastread._decode["threads"])]).expand(len(x), 2)
+        return torch.cat([x.mean(dim=(2, 3)), ids], 1)
 
 
 def test_a_slow_lane_hands_its_batches_to_the_other(slide_025):
@@ -306,13 +309,14 @@ def test_a_slow_lane_hands_its_batches_to_the_other(slide_025):
 
     slide = wsi.open_slide(slide_025)
     grid = wsi.tile(slide, mpp=0.5, size=32)
-    enc = encoder_from_module(_SlowFirstLane(), 4, 32, (0.5,) * 3, (0.25,) * 3, name="slow0")
+    enc = encoder_from_module(_SlowFirstLane(), 5, 32, (0.5,) * 3, (0.25,) * 3, name="slow0")
     specs = list(BatchSpec.batches(0, grid, 2))[:16]
     batches = list(patch_loader(specs, 2, encoder=enc))
     # every batch exactly once, whatever the order they came back in
     assert sorted(b.spec.start for b in batches) == [s.start for s in specs]
     lanes = [int(b.features[0, 3]) for b in batches]
     assert lanes.count(1) >= 11  # in turn, each lane would have encoded 8 of the 16
+    assert {float(b.features[0, 4]) for b in batches} == {1.0}  # lanes decode on one thread
     here = enc(
         np.stack(
             [

@@ -64,8 +64,20 @@ _NATIVE_SLACK = 1e-9
 for the patch to count as the level's pixels read 1:1."""
 
 _MAX_DECODE_THREADS = 4
-_decode = {"threads": min(_MAX_DECODE_THREADS, os.cpu_count() or 1), "pool": None, "pid": -1}
+_decode: dict[str, Any] = {"threads": min(_MAX_DECODE_THREADS, os.cpu_count() or 1), "pool": None}
 _decode_lock = threading.Lock()
+
+
+def _forget_decode_pool_after_fork() -> None:
+    """In a forked child the parent's decoding threads do not exist and the lock may have
+    been held by one of them: start with a new lock and no pool."""
+    global _decode_lock
+    _decode_lock = threading.Lock()
+    _decode["pool"] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_decode_pool_after_fork)
 
 
 def set_decode_threads(threads: int) -> None:
@@ -81,13 +93,12 @@ def set_decode_threads(threads: int) -> None:
 
 
 def _decode_pool() -> ThreadPoolExecutor | None:
-    """This process's decoding threads (a new pool after a fork), or None for one thread."""
+    """This process's decoding threads (started on first use), or None for one thread."""
     with _decode_lock:
         if _decode["threads"] <= 1:
             return None
-        if _decode["pool"] is None or _decode["pid"] != os.getpid():
+        if _decode["pool"] is None:
             _decode["pool"] = ThreadPoolExecutor(_decode["threads"], "wsi-jpeg")
-            _decode["pid"] = os.getpid()
         return _decode["pool"]
 
 
